@@ -1,0 +1,59 @@
+"""C2PA Content Credentials: building manifests, signing, reading and verifying, certificates.
+
+The public API, all blocking (the proxy runs it in worker threads):
+
+- `ProvenanceSettings`: configuration (pydantic).
+- `ensure_dev_credentials(directory)`, `load_signing_credentials(settings)`: keys and chains.
+- `ManifestSigner(credentials, settings).sign(image, media_type, info) -> SignedImage`.
+- `verify_image(data, media_type=None, trust_anchors_pem=None) -> VerificationReport`.
+- Errors: `ProvenanceError` > `CredentialError`, `SigningError` > `TimestampAuthorityError`,
+  `VerificationError`.
+
+Never imports `proxy`.
+"""
+
+from provenance.errors import (
+    CredentialError,
+    ProvenanceError,
+    SigningError,
+    TimestampAuthorityError,
+    VerificationError,
+)
+from provenance.keys import (
+    DevCredentials,
+    SigningCallback,
+    SigningCredentials,
+    ensure_dev_credentials,
+    load_signing_credentials,
+)
+from provenance.manifest import (
+    IMAGEGATE_ASSERTION_LABEL,
+    TRAINED_ALGORITHMIC_MEDIA,
+    Ingredient,
+    ManifestInfo,
+)
+from provenance.settings import ProvenanceSettings
+from provenance.sign import ManifestSigner, SignedImage
+from provenance.verify import VerificationReport, verify_image
+
+__all__ = [
+    "IMAGEGATE_ASSERTION_LABEL",
+    "TRAINED_ALGORITHMIC_MEDIA",
+    "CredentialError",
+    "DevCredentials",
+    "Ingredient",
+    "ManifestInfo",
+    "ManifestSigner",
+    "ProvenanceError",
+    "ProvenanceSettings",
+    "SignedImage",
+    "SigningCallback",
+    "SigningCredentials",
+    "SigningError",
+    "TimestampAuthorityError",
+    "VerificationError",
+    "VerificationReport",
+    "ensure_dev_credentials",
+    "load_signing_credentials",
+    "verify_image",
+]

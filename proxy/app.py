@@ -1,0 +1,396 @@
+"""The aiohttp application: `create_app(settings)` builds everything, nothing lives in globals.
+
+Routes: the OpenAI Images endpoints run the stage pipeline; `/v1/assets/...` serves imagegate's
+signed image URLs; any other `/v1/...` path is streamed to the pass-through provider; `/healthz`,
+`/readyz` and `/metrics` are for operators. Middleware only does what crosses every request (request
+ids, turning stray exceptions into provider-shaped errors). Every exchange ends with exactly one
+audit record, written before the response is released; if it cannot be written, the client gets a
+503 instead of the images (fail closed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+
+from .adapters import openai_surface
+from .adapters.base import Provider
+from .adapters.demo import DemoProvider
+from .adapters.openai_upstream import OpenAIUpstream
+from .audit_record import build_record, exchange_outcome, new_audit_id
+from .errors import AuditUnavailableError, ImagegateError, InvalidRequestError
+from .exchange import Exchange
+from .metrics import Metrics
+from .passthrough import Passthrough
+from .pipeline import Pipeline, Stage
+from .settings import Settings
+from .stages.authenticate import Authenticate
+from .stages.read_request import ReadRequest
+from .stages.skipped import SkippedStage
+from .stages.upstream import Upstream
+from .stores.assets import AssetNotFound, LocalAssetStore, load_or_create_secret
+from .stores.audit import AuditStore, AuditWriteError, SqliteAuditStore
+
+log = structlog.get_logger("imagegate.app")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass
+class Gateway:
+    """Everything a handler needs, built once by `create_app`."""
+
+    settings: Settings
+    metrics: Metrics
+    audit: AuditStore
+    assets: LocalAssetStore
+    providers: dict[str, Provider]
+    authenticate: Authenticate
+    pipeline: Pipeline
+    passthrough: Passthrough | None
+    policy_version: str
+    #: Extra things to start and stop with the app (stages holding models, pools...).
+    resources: list[Stage] = field(default_factory=list)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = "imagegate.request_id"
+
+StageFactory = Callable[[Settings, "StageDeps"], Sequence[Stage]]
+
+
+@dataclass
+class StageDeps:
+    """What stage factories may use."""
+
+    providers: dict[str, Provider]
+    authenticate: Authenticate
+    metrics: Metrics
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    for name, config in settings.providers.items():
+        if config.kind == "demo":
+            providers[name] = DemoProvider(name, delay_s=config.delay_s)
+        else:
+            providers[name] = OpenAIUpstream(
+                name,
+                base_url=config.base_url or "https://api.openai.com/v1",
+                api_key=config.api_key(),
+                timeout_s=config.timeout_s,
+                connect_timeout_s=config.connect_timeout_s,
+                image_url_hosts=config.image_url_hosts,
+            )
+    return providers
+
+
+def default_stages(settings: Settings, deps: StageDeps) -> list[Stage]:
+    """The chain, in order: the story of a request, top to bottom."""
+    return [
+        deps.authenticate,
+        ReadRequest(settings.provider_for),
+        SkippedStage("limits", "rate limits and budgets are not configured"),
+        SkippedStage("licence", "licence rules are not configured"),
+        SkippedStage("prompt_filter", "the prompt filter is not configured"),
+        SkippedStage("input_images", "the input-image classifier is not configured"),
+        Upstream(deps.providers, deps.metrics),
+        SkippedStage("output_classifier", "the output classifier is not configured"),
+        SkippedStage("provenance", "C2PA signing is not configured"),
+    ]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    stages: StageFactory = default_stages,
+    providers: dict[str, Provider] | None = None,
+    audit: AuditStore | None = None,
+) -> web.Application:
+    data_dir = settings.server.data_dir
+    metrics = Metrics()
+    providers = providers if providers is not None else build_providers(settings)
+    authenticate = Authenticate(settings.tenants)
+    chain = list(stages(settings, StageDeps(providers, authenticate, metrics)))
+    if audit is None:
+        sqlite_path = settings.audit.sqlite_path
+        audit = SqliteAuditStore(
+            sqlite_path if sqlite_path.is_absolute() else data_dir / sqlite_path,
+            max_batch=settings.audit.max_batch,
+        )
+    passthrough = None
+    if settings.passthrough_provider:
+        config = settings.providers[settings.passthrough_provider]
+        passthrough = Passthrough(
+            base_url=config.base_url or "",
+            api_key=config.api_key(),
+            timeout_s=config.timeout_s,
+            max_body_bytes=settings.server.max_body_bytes,
+        )
+    gateway = Gateway(
+        settings=settings,
+        metrics=metrics,
+        audit=audit,
+        assets=LocalAssetStore(data_dir / "assets", load_or_create_secret(data_dir / "url-signing.key")),
+        providers=providers,
+        authenticate=authenticate,
+        pipeline=Pipeline(chain, settings.failure_policy.model_dump()),
+        passthrough=passthrough,
+        policy_version=settings.policy_version(),
+        resources=chain,
+    )
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware],
+        client_max_size=settings.server.max_body_bytes,
+    )
+    app[GATEWAY] = gateway
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_post("/v1/images/generations", images_handler)
+    app.router.add_post("/v1/images/edits", images_handler)
+    app.router.add_get("/v1/assets/{name}", asset_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_route("*", "/v1/{tail:.*}", passthrough_handler)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    await gateway.audit.start()
+    started: list[Provider | Stage] = []
+    try:
+        for provider in gateway.providers.values():
+            await provider.start()
+            started.append(provider)
+        for stage in gateway.resources:
+            start = getattr(stage, "start", None)
+            if start is not None:
+                await start()
+                started.append(stage)
+        if gateway.passthrough is not None:
+            await gateway.passthrough.start()
+        log.info("imagegate_started", policy_version=gateway.policy_version, stages=[s.name for s in gateway.pipeline.stages])
+        yield
+    finally:
+        if gateway.passthrough is not None:
+            await gateway.passthrough.close()
+        for resource in reversed(started):
+            close = getattr(resource, "close", None)
+            if close is not None:
+                await close()
+        await gateway.audit.close()
+
+
+# -- middleware ------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def request_id_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else Exchange(route="", operation="generate").request_id
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Stray exceptions (routing errors, bugs) become OpenAI-shaped errors, never HTML or a stack."""
+    try:
+        return await handler(request)
+    except ImagegateError as error:
+        return openai_surface.render_error(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = ImagegateError(exc.reason or "error", status=exc.status, code=f"http_{exc.status}")
+        error.type = "invalid_request_error"
+        return openai_surface.render_error(error)
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return openai_surface.render_error(ImagegateError("The gateway failed to handle the request."))
+
+
+# -- handlers --------------------------------------------------------------------------------------
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def images_handler(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    settings = gateway.settings
+    edit = request.path.endswith("/edits")
+    exchange = Exchange(
+        route=request.path,
+        operation="edit" if edit else "generate",
+        request_id=request[REQUEST_ID],
+        client_address=request.remote,
+        credential=bearer_token(request),
+        end_user_header=request.headers.get("X-Imagegate-User"),
+        policy_version=gateway.policy_version,
+    )
+    exchange.audit_id = new_audit_id()
+    parse = openai_surface.parse_edit if edit else openai_surface.parse_generation
+    exchange.read_request = lambda: parse(
+        request, default_model=settings.default_model, max_body_bytes=settings.server.max_body_bytes
+    )
+    gateway.metrics.in_flight.inc()
+    try:
+        await gateway.pipeline.run(exchange)
+        response = await _respond(gateway, exchange, request)
+        return await _audit_then_release(gateway, exchange, response)
+    finally:
+        gateway.metrics.in_flight.dec()
+
+
+async def _respond(gateway: Gateway, exchange: Exchange, request: web.Request) -> web.Response:
+    if exchange.error is None and exchange.result is not None and exchange.request is not None:
+        if not [image for image in exchange.result.images if not image.withheld]:
+            exchange.fail(
+                InvalidRequestError(
+                    "No image could be returned: every generated image was withheld by the safety policy.",
+                    code="content_policy_violation",
+                )
+            )
+        elif exchange.request.response_format == "url":
+            base = gateway.settings.server.public_base_url or f"{request.scheme}://{request.host}"
+            for image in exchange.result.images:
+                if not image.withheld:
+                    name = await gateway.assets.put(image.data, image.media_type)
+                    image.asset_url = base.rstrip("/") + gateway.assets.signed_path(
+                        name, gateway.settings.server.asset_url_ttl_s
+                    )
+    if exchange.error is not None:
+        response = openai_surface.render_error(exchange.error)
+    else:
+        response = openai_surface.render_result(exchange)
+        result = exchange.result
+        assert result is not None
+        withheld = sum(image.withheld for image in result.images)
+        blurred = sum(image.blurred and not image.withheld for image in result.images)
+        if withheld:
+            response.headers["X-Imagegate-Withheld"] = str(withheld)
+        if blurred:
+            response.headers["X-Imagegate-Blurred"] = str(blurred)
+    response.headers.update(exchange.response_headers)
+    return response
+
+
+async def _audit_then_release(gateway: Gateway, exchange: Exchange, response: web.Response) -> web.Response:
+    """Write the audit record durably, then release the response; fail closed if the write fails."""
+    tenant = gateway.settings.tenants.get(exchange.caller.tenant) if exchange.caller else None
+    exchange.status = response.status
+    record = build_record(exchange, prompt_mode=tenant.audit_prompts if tenant else "hash", status=response.status)
+    try:
+        await gateway.audit.append(record)
+    except (AuditWriteError, OSError) as exc:
+        gateway.metrics.audit_failures.inc()
+        log.error("audit_write_failed_request_refused", audit_id=exchange.audit_id, error=str(exc))
+        response = openai_surface.render_error(
+            AuditUnavailableError("The request could not be recorded in the audit log, so its result is withheld.")
+        )
+    metrics = gateway.metrics
+    metrics.requests.labels(exchange.route, str(response.status)).inc()
+    for decision in exchange.decisions:
+        metrics.decisions.labels(decision.stage, decision.action.value, decision.category or "").inc()
+    for key, seconds in exchange.timings.items():
+        if key.startswith("upstream."):
+            continue
+        metrics.stage_latency.labels(key).observe(seconds)
+    upstream_s = exchange.result.upstream_latency_s if exchange.result else 0.0
+    metrics.added_latency.labels(exchange.route).observe(max(0.0, exchange.elapsed_s() - upstream_s))
+    response.headers["X-Imagegate-Audit-Id"] = exchange.audit_id or ""
+    response.headers["X-Imagegate-Outcome"] = exchange_outcome(exchange)
+    response.headers["X-Imagegate-Policy-Version"] = exchange.policy_version
+    log.info(
+        "exchange",
+        route=exchange.route,
+        status=response.status,
+        tenant=exchange.caller.tenant if exchange.caller else None,
+        model=exchange.request.model if exchange.request else None,
+        outcome=exchange_outcome(exchange),
+        audit_id=exchange.audit_id,
+        ms=round(exchange.elapsed_s() * 1000, 2),
+        **({"prompt": exchange.request.prompt} if gateway.settings.server.log_prompts and exchange.request else {}),
+    )
+    return response
+
+
+async def asset_handler(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    name = request.match_info["name"]
+    if not gateway.assets.check(name, request.query.get("expires", ""), request.query.get("signature", "")):
+        raise ImagegateError("This image URL is invalid or has expired.", status=403, code="invalid_signature")
+    try:
+        data = await gateway.assets.get(name)
+    except AssetNotFound as exc:
+        raise ImagegateError("This image no longer exists.", status=404, code="not_found") from exc
+    media_type = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}[name.rsplit(".", 1)[1]]
+    return web.Response(body=data, content_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+async def passthrough_handler(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    exchange = Exchange(
+        route=request.path,
+        operation="passthrough",
+        request_id=request[REQUEST_ID],
+        client_address=request.remote,
+        policy_version=gateway.policy_version,
+    )
+    exchange.audit_id = new_audit_id()
+    try:
+        exchange.caller = gateway.authenticate.identify(bearer_token(request))
+        if gateway.passthrough is None:
+            raise ImagegateError(
+                f"Unknown path {request.path}: this gateway forwards no other API.", status=404, code="unknown_url"
+            )
+    except ImagegateError as error:
+        exchange.fail(error)
+        return await _audit_then_release(gateway, exchange, openai_surface.render_error(error))
+
+    async def audit(status: int) -> None:
+        exchange.status = status
+        await gateway.audit.append(build_record(exchange, status=status))
+
+    return await gateway.passthrough.forward(request, exchange, audit)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    checks = {"audit": await gateway.audit.ping()}
+    for stage in gateway.pipeline.stages:
+        ready = getattr(stage, "ready", None)
+        if ready is not None:
+            checks[stage.name] = await ready()
+    ok = all(checks.values())
+    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
