@@ -7,7 +7,7 @@ manifest carry them verbatim. Keep this module free of behaviour so every packag
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -51,6 +51,16 @@ class Decision:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["action"] = self.action.value
-        return {key: value for key, value in data.items() if value not in (None, {}, "")}
+        """Plain data for audit records and manifests; empty fields are left out."""
+        data: dict[str, Any] = {"stage": self.stage, "action": self.action.value}
+        if self.category is not None:
+            data["category"] = self.category
+        if self.score is not None:
+            data["score"] = self.score
+        if self.reason:
+            data["reason"] = self.reason
+        if self.image_index is not None:
+            data["image_index"] = self.image_index
+        if self.details:
+            data["details"] = dict(self.details)
+        return data

@@ -23,7 +23,7 @@ from .adapters.demo import DemoProvider
 from .adapters.openai_upstream import OpenAIUpstream
 from .audit_record import build_record, exchange_outcome, new_audit_id
 from .errors import AuditUnavailableError, ImagegateError, InvalidRequestError
-from .exchange import Exchange
+from .exchange import Exchange, new_request_id
 from .metrics import Metrics
 from .passthrough import Passthrough
 from .pipeline import Pipeline, Stage
@@ -195,7 +195,7 @@ async def request_id_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else Exchange(route="", operation="generate").request_id
+    request_id = incoming if _REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
@@ -316,7 +316,7 @@ async def _audit_then_release(gateway: Gateway, exchange: Exchange, response: we
     for key, seconds in exchange.timings.items():
         if key.startswith("upstream."):
             continue
-        metrics.stage_latency.labels(key).observe(seconds)
+        metrics.observe_stage(key, seconds)
     upstream_s = exchange.result.upstream_latency_s if exchange.result else 0.0
     metrics.added_latency.labels(exchange.route).observe(max(0.0, exchange.elapsed_s() - upstream_s))
     response.headers["X-Imagegate-Audit-Id"] = exchange.audit_id or ""

@@ -39,7 +39,15 @@ class Metrics:
         self.cost = Counter(
             "imagegate_cost_usd_total", "Estimated upstream spend in USD.", ["provider"], registry=self.registry
         )
+        self._stage_children: dict[str, Histogram] = {}
         self.in_flight = Gauge("imagegate_requests_in_flight", "Requests being handled.", registry=self.registry)
+
+    def observe_stage(self, key: str, seconds: float) -> None:
+        """Per-stage latency, with the labelled child cached (label lookup is the costly part)."""
+        child = self._stage_children.get(key)
+        if child is None:
+            child = self._stage_children[key] = self.stage_latency.labels(key)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

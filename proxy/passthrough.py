@@ -102,18 +102,23 @@ class Passthrough:
             error = cause if isinstance(cause, ImagegateError) else UpstreamConnectionError("The upload broke off.")
             raise_from = exc
         else:
-            return await self._stream_back(request, upstream, audit)
+            return await self._stream_back(request, upstream, exchange, audit)
         exchange.fail(error)
         await audit(error.status)
         raise error from raise_from
 
     async def _stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, audit: Callable[[int], Awaitable[None]]
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange,
+        audit: Callable[[int], Awaitable[None]],
     ) -> web.StreamResponse:
         async with upstream:
             await audit(upstream.status)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             response.headers.update(forwardable(upstream.headers, HOP_BY_HOP))
+            response.headers["X-Imagegate-Audit-Id"] = exchange.audit_id or ""
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             await response.prepare(request)

@@ -153,17 +153,33 @@ class SqliteAuditStore(AuditStore):
                 del self._pending[: self.max_batch]
                 try:
                     seqs = await loop.run_in_executor(self._executor, self._write_batch, [r for r, _ in batch])
-                except Exception as exc:  # the whole transaction failed: nobody is acknowledged
-                    log.error("audit_write_failed", error=type(exc).__name__, detail=str(exc), records=len(batch))
+                except Exception as exc:
+                    # The transaction rolled back: nobody in it is acknowledged. Retry one by one so
+                    # that a single bad record cannot fail the records that shared its batch.
+                    if len(batch) > 1:
+                        self._pending[:0] = [(r, f) for r, f in batch[1:]]
+                        batch = batch[:1]
+                        try:
+                            seqs = await loop.run_in_executor(self._executor, self._write_batch, [batch[0][0]])
+                        except Exception as single:
+                            exc = single
+                        else:
+                            self._settle(batch, seqs)
+                            continue
+                    log.error("audit_write_failed", error=type(exc).__name__, detail=str(exc))
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(AuditWriteError(f"audit write failed: {exc}"))
                     continue
-                for (_, future), seq in zip(batch, seqs, strict=True):
-                    if not future.done():
-                        future.set_result(seq)
+                self._settle(batch, seqs)
             if self._closing and not self._pending:
                 return
+
+    @staticmethod
+    def _settle(batch: list[tuple[dict[str, Any], asyncio.Future[int]]], seqs: list[int]) -> None:
+        for (_, future), seq in zip(batch, seqs, strict=True):
+            if not future.done():
+                future.set_result(seq)
 
     def _write_batch(self, records: Sequence[dict[str, Any]]) -> list[int]:
         connection = self._connection
