@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: list[str] = [
     "proxy.commands.serve",
     "proxy.commands.demo",
+    "proxy.commands.classify",
     "proxy.commands.keys",
     "proxy.commands.provenance",
     "proxy.commands.licenses",
