@@ -250,6 +250,8 @@ async def images_handler(request: web.Request) -> web.StreamResponse:
         policy_version=gateway.policy_version,
     )
     exchange.audit_id = new_audit_id()
+    if request.headers.get("X-Imagegate-Use-Case"):
+        exchange.notes["use_case"] = request.headers["X-Imagegate-Use-Case"][:128]
     parse = openai_surface.parse_edit if edit else openai_surface.parse_generation
     exchange.read_request = lambda: parse(
         request, default_model=settings.default_model, max_body_bytes=settings.server.max_body_bytes

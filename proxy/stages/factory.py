@@ -1,23 +1,58 @@
-"""`full_stages`: the production chain, with every stage whose library is configured.
+"""`full_stages`: the production chain, every stage built from its library and the config.
 
 `proxy.app.default_stages` is the bare chain (authentication, request parsing, upstream, and an
-explicit `skipped` record for each policy stage); this factory replaces each skipped stage with the
-real one as its library is wired in.
+explicit `skipped` record for each policy stage). This factory replaces each skipped stage with the
+real one. It is one plain list, in order: the story of a request, top to bottom.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..pipeline import Stage
-from ..settings import Settings
+from ..settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from ..app import StageDeps
 
 
-def full_stages(settings: Settings, deps: StageDeps) -> Sequence[Stage]:
+def licence_stage(settings: Settings) -> Stage:
+    from policies.licences import LicenceTable, TenantLicenceProfile
+
+    from .licence import LicenceStage
+
+    table_path = settings.licences.get("table")
+    table = LicenceTable.load(Path(table_path) if table_path else None)
+    try:
+        profiles = {
+            name: TenantLicenceProfile.model_validate(tenant.licence_profile)
+            for name, tenant in settings.tenants.items()
+        }
+    except ValueError as exc:
+        raise ConfigError(f"invalid licence_profile: {exc}") from exc
+    kinds = {name: provider.kind for name, provider in settings.providers.items()}
+    return LicenceStage(table, profiles, kinds)
+
+
+#: Builders of the real stages, by the name of the skipped stage they replace.
+BUILDERS: dict[str, Callable[[Settings], Stage]] = {
+    "licence": licence_stage,
+}
+
+
+def _replace(settings: Settings, deps: StageDeps, names: set[str]) -> list[Stage]:
     from ..app import default_stages
 
-    return default_stages(settings, deps)
+    chain = default_stages(settings, deps)
+    return [BUILDERS[stage.name](settings) if stage.name in names and stage.name in BUILDERS else stage for stage in chain]
+
+
+def full_stages(settings: Settings, deps: StageDeps) -> Sequence[Stage]:
+    return _replace(settings, deps, set(BUILDERS))
+
+
+def policy_stages(settings: Settings, deps: StageDeps) -> Sequence[Stage]:
+    """The cheap per-request policy stages only (no image classification, no signing): benchmarks."""
+    return _replace(settings, deps, {"limits", "licence", "prompt_filter"})
