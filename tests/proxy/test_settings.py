@@ -69,3 +69,10 @@ def test_policy_version_changes_with_rules_not_with_keys() -> None:
     assert with_tenant.policy_version() == other_key.policy_version()
     stricter = base.model_copy(update={"prompt_filter": {"sexual": "block"}})
     assert stricter.policy_version() != base.policy_version()
+
+
+def test_example_config_in_deploy_is_valid() -> None:
+    path = Path(__file__).resolve().parents[2] / "deploy" / "imagegate.example.yaml"
+    settings = load_settings(path, environ={})
+    assert settings.provider_for("gpt-image-1") == "openai"
+    assert settings.tenants["acme"].licence_profile["commercial_use"] is True
