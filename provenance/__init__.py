@@ -12,6 +12,7 @@ The public API, all blocking (the proxy runs it in worker threads):
 Never imports `proxy`.
 """
 
+from provenance.dev_credentials import DevCredentials, ensure_dev_credentials
 from provenance.errors import (
     CredentialError,
     ProvenanceError,
@@ -19,13 +20,7 @@ from provenance.errors import (
     TimestampAuthorityError,
     VerificationError,
 )
-from provenance.keys import (
-    DevCredentials,
-    SigningCallback,
-    SigningCredentials,
-    ensure_dev_credentials,
-    load_signing_credentials,
-)
+from provenance.keys import SigningCallback, SigningCredentials, load_signing_credentials
 from provenance.manifest import (
     IMAGEGATE_ASSERTION_LABEL,
     TRAINED_ALGORITHMIC_MEDIA,

@@ -1,0 +1,122 @@
+"""`imagegate keys init-dev` and `imagegate provenance verify`, through the CLI entry point."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from provenance import ManifestSigner
+from proxy import cli
+from proxy.commands import keys, provenance
+from tests.provenance.conftest import make_image, make_info
+
+
+def main(argv: list[str]) -> int:
+    """The CLI's dispatch with only these two command modules (others may not exist yet)."""
+    parser = argparse.ArgumentParser(prog="imagegate")
+    subparsers = parser.add_subparsers(dest="command")
+    keys.register(subparsers)
+    provenance.register(subparsers)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_commands_are_registered_in_the_cli() -> None:
+    assert "proxy.commands.keys" in cli.COMMAND_MODULES
+    assert "proxy.commands.provenance" in cli.COMMAND_MODULES
+
+
+def test_keys_init_dev_creates_then_reuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "keys"
+    assert main(["keys", "init-dev", "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "created DEVELOPMENT" in first and "PRIVATE KEY" not in first
+    assert (out / "dev-root-ca.pem").is_file() and (out / "dev-signing-key.pem").is_file()
+    assert main(["keys", "init-dev", "--out", str(out)]) == 0
+    assert "reusing existing" in capsys.readouterr().out
+
+
+@pytest.fixture()
+def campaign(tmp_path: Path, signer: ManifestSigner) -> Path:
+    folder = tmp_path / "campaign"
+    (folder / "nested").mkdir(parents=True)
+    png = signer.sign(make_image("PNG", 64), "image/png", make_info()).data
+    (folder / "signed.png").write_bytes(png)
+    jpeg = signer.sign(make_image("JPEG", 64), "image/jpeg", make_info()).data
+    (folder / "nested" / "signed.jpg").write_bytes(jpeg)
+    (folder / "nested" / "tampered.jpg").write_bytes(jpeg + b"tail")
+    (folder / "nested" / "plain.webp").write_bytes(make_image("WEBP", 64))
+    (folder / "notes.txt").write_text("not an image, skipped by the walk")
+    return folder
+
+
+def test_verify_folder_text_output_and_summary(
+    campaign: Path, dev_credentials, capsys: pytest.CaptureFixture[str]
+) -> None:
+    anchors = str(dev_credentials.root_ca_file)
+    code = main(["provenance", "verify", str(campaign), "--trust-anchors", anchors])
+    out = capsys.readouterr().out
+    assert code == 1  # one tampered image
+    assert "TRUSTED  " + str(campaign / "signed.png") in out
+    assert "INVALID  " + str(campaign / "nested" / "tampered.jpg") in out
+    assert "changed after signing" in out
+    assert "notes.txt" not in out
+    assert (
+        "4 images: 2 trusted, 0 valid (signer not trusted), 1 invalid, 1 without credentials" in out
+    )
+
+
+def test_verify_json_and_csv(
+    campaign: Path, dev_credentials, capsys: pytest.CaptureFixture[str]
+) -> None:
+    anchors = str(dev_credentials.root_ca_file)
+    signed = str(campaign / "signed.png")
+    assert main(["provenance", "verify", signed, "--trust-anchors", anchors, "--json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["summary"]["trusted"] == 1
+    result = document["results"][0]
+    assert result["path"] == signed and result["state"] == "trusted"
+    assert result["imagegate"]["audit_id"] == "audit-0001"
+    assert "1 images" in captured.err  # the summary goes to stderr with --json
+
+    assert main(["provenance", "verify", str(campaign), "--csv"]) == 1
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    states = {Path(row["path"]).name: row["state"] for row in rows}
+    assert states == {
+        "signed.png": "valid",  # no trust anchors given
+        "signed.jpg": "valid",
+        "tampered.jpg": "invalid",
+        "plain.webp": "none",
+    }
+    tampered = next(row for row in rows if row["path"].endswith("tampered.jpg"))
+    assert "assertion.dataHash.mismatch" in tampered["failure_codes"]
+
+
+def test_verify_upstream_fixtures_and_missing_paths(
+    tmp_path: Path, fixtures_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(fixtures_dir / "amazon-titan-g1.png", tmp_path / "titan.png")
+    code = main(["provenance", "verify", str(tmp_path), str(tmp_path / "missing.png")])
+    captured = capsys.readouterr()
+    assert code == 1  # a missing path is an error
+    assert "VALID    " in captured.out and "Titan Image Generator G1" in captured.out
+    assert "no such file or folder" in captured.err
+
+
+def test_require_credentials_fails_images_without_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(make_image("PNG", 32))
+    assert main(["provenance", "verify", str(plain)]) == 0
+    assert main(["provenance", "verify", str(plain), "--require-credentials"]) == 1
+    capsys.readouterr()
