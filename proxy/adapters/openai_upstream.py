@@ -34,6 +34,20 @@ RESPONSE_FORMAT_MODELS = ("dall-e-2", "dall-e-3")
 MAX_UPSTREAM_BODY = 256 * 1024 * 1024
 
 
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, read to the end, refusing anything over `limit` bytes as soon as it is passed."""
+    if response.content_length is not None and response.content_length > limit:
+        raise UpstreamBadResponseError(f"The upstream answer is larger than imagegate accepts ({limit} bytes).")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        total += len(chunk)
+        if total > limit:
+            raise UpstreamBadResponseError(f"The upstream answer is larger than imagegate accepts ({limit} bytes).")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class OpenAIUpstream(Provider):
     def __init__(
         self,
@@ -124,9 +138,7 @@ class OpenAIUpstream(Provider):
     async def _post(self, url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
             async with self.session.post(url, headers=self._headers(), **kwargs) as response:
-                body = await response.content.read(MAX_UPSTREAM_BODY + 1)
-                if len(body) > MAX_UPSTREAM_BODY:
-                    raise UpstreamBadResponseError("The upstream answer is larger than imagegate accepts.")
+                body = await read_body(response, MAX_UPSTREAM_BODY)
                 if response.status >= 400:
                     if response.status >= 500:
                         raise UpstreamError(
@@ -186,11 +198,8 @@ class OpenAIUpstream(Provider):
             async with self.session.get(url, allow_redirects=False) as response:
                 if response.status != 200:
                     raise UpstreamBadResponseError(f"Fetching the upstream image URL gave HTTP {response.status}.")
-                data = await response.content.read(MAX_UPSTREAM_BODY + 1)
+                return await read_body(response, MAX_UPSTREAM_BODY)
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeoutError("Fetching the upstream image URL timed out.") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamConnectionError(f"Fetching the upstream image URL failed: {type(exc).__name__}.") from exc
-        if len(data) > MAX_UPSTREAM_BODY:
-            raise UpstreamBadResponseError("The upstream image is larger than imagegate accepts.")
-        return data

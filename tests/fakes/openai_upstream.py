@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,14 @@ def make_image(size: tuple[int, int] = (64, 64), fmt: str = "png", colour: tuple
     return buffer.getvalue()
 
 
+def noise_image(size: tuple[int, int], fmt: str = "png") -> bytes:
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3)).save(
+        buffer, format={"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt]
+    )
+    return buffer.getvalue()
+
+
 @dataclass
 class FakeOpenAI:
     """Records what it received; answers like the OpenAI Images API unless `handler` is set."""
@@ -34,6 +43,8 @@ class FakeOpenAI:
     handler: Handler | None = None
     delay_s: float = 0.0
     image_side: int = 64
+    #: Random pixels instead of a flat colour: images that do not compress (large answers).
+    noise: bool = False
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=200 * 1024 * 1024)
@@ -65,10 +76,9 @@ class FakeOpenAI:
             await asyncio.sleep(self.delay_s)
         n = int(fields.get("n", 1))
         fmt = fields.get("output_format", "png")
-        data = [
-            {"b64_json": base64.b64encode(make_image((self.image_side, self.image_side), fmt, (40 * i % 255, 80, 120))).decode()}
-            for i in range(n)
-        ]
+        side = (self.image_side, self.image_side)
+        images = [noise_image(side, fmt) if self.noise else make_image(side, fmt, (40 * i % 255, 80, 120)) for i in range(n)]
+        data = [{"b64_json": base64.b64encode(image).decode()} for image in images]
         body = {
             "created": 1_700_000_000,
             "data": data,

@@ -204,3 +204,11 @@ async def test_audit_failure_withholds_the_result(tmp_path: Path, start_gateway)
     assert status == 503
     assert_openai_error(body, "audit_unavailable")
     assert "b64_json" not in json.dumps(body)
+
+
+async def test_large_upstream_answer_is_read_whole(tmp_path: Path, fake_openai, start_gateway, upstream_key: str) -> None:
+    fake, _ = fake_openai
+    fake.image_side, fake.noise = 700, True  # about 2 MB of base64 per image, in many TCP segments
+    server, base = await faulty_gateway(tmp_path, fake_openai, start_gateway, None)
+    status, body, _ = await post(base, "/images/generations", json={"prompt": "a cat", "model": "gpt-image-1", "n": 2})
+    assert status == 200 and len(body["data"]) == 2
