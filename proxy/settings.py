@@ -182,7 +182,7 @@ class ConfigError(ValueError):
     """The configuration file or environment is invalid; the message says where and why."""
 
 
-_SECRET_KEYS = {"api_key", "private_key", "password", "secret"}
+_SECRET_KEYS = {"api_key", "private_key", "private_key_pem", "password", "secret"}
 
 
 def _refuse_secrets(data: Any, path: str = "") -> None:

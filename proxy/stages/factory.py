@@ -36,9 +36,17 @@ def licence_stage(settings: Settings) -> Stage:
     return LicenceStage(table, profiles, kinds)
 
 
+def provenance_stage(settings: Settings) -> Stage:
+    from .provenance import ProvenanceStage, provenance_settings
+
+    signing, development = provenance_settings(settings.provenance, settings.server.data_dir)
+    return ProvenanceStage(signing, development=development)
+
+
 #: Builders of the real stages, by the name of the skipped stage they replace.
 BUILDERS: dict[str, Callable[[Settings], Stage]] = {
     "licence": licence_stage,
+    "provenance": provenance_stage,
 }
 
 

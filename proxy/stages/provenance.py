@@ -1,0 +1,137 @@
+"""The provenance stage: embed a signed C2PA manifest into every image imagegate releases.
+
+Signing is done by `provenance.ManifestSigner` (one signer for the process) in worker threads, never
+on the event loop, one image per thread concurrently. The manifest states the model and provider,
+every moderation decision, the licence decision, the policy version and the audit record id; for
+edits, the input images are ingredients; a manifest the provider already embedded (OpenAI's) is
+kept as the parent ingredient. With no certificate configured, a development CA and certificate
+are created under the data folder on first start and every decision says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from policies.decisions import Action, Decision
+from provenance import (
+    Ingredient,
+    ManifestInfo,
+    ManifestSigner,
+    ProvenanceSettings,
+    ensure_dev_credentials,
+    load_signing_credentials,
+)
+
+from ..exchange import Exchange
+from ..pipeline import BaseStage
+from ..settings import ConfigError
+
+log = structlog.get_logger("imagegate.provenance")
+
+CERT_ENV = "IMAGEGATE_SIGNING_CERT"
+KEY_ENV = "IMAGEGATE_SIGNING_KEY"
+
+
+def provenance_settings(section: Mapping[str, Any], data_dir: Path, environ: Mapping[str, str] | None = None) -> tuple[ProvenanceSettings, bool]:
+    """The signing settings, with PEM secrets from the environment; dev credentials when none.
+
+    Returns the settings and whether they use the development certificate.
+    """
+    environ = os.environ if environ is None else environ
+    data = dict(section)
+    if environ.get(CERT_ENV):
+        data["cert_chain_pem"] = environ[CERT_ENV]
+    if environ.get(KEY_ENV):
+        data["private_key_pem"] = environ[KEY_ENV]
+    development = not (data.get("cert_chain_pem") or data.get("cert_chain_file"))
+    if development:
+        dev = ensure_dev_credentials(data_dir / "dev-keys")
+        data.update(cert_chain_file=dev.cert_chain_file, private_key_file=dev.private_key_file)
+        data.setdefault("trust_anchors_file", dev.root_ca_file)
+    try:
+        return ProvenanceSettings.model_validate(data), development
+    except ValueError as exc:
+        raise ConfigError(f"invalid provenance settings: {exc}") from exc
+
+
+class ProvenanceStage(BaseStage):
+    name = "provenance"
+    safety = True
+
+    def __init__(self, settings: ProvenanceSettings, *, development: bool) -> None:
+        self.settings = settings
+        self.development = development
+        self.signer: ManifestSigner | None = None
+
+    async def start(self) -> None:
+        def build() -> ManifestSigner:
+            credentials = load_signing_credentials(self.settings)  # refuses expired or broken chains
+            signer = ManifestSigner(credentials, self.settings)
+            signer.self_test()  # key, chain and timestamp authority checked now, not on a request
+            return signer
+
+        self.signer = await asyncio.to_thread(build)
+        if self.development:
+            log.warning(
+                "development_signing_certificate",
+                detail="images are signed with imagegate's DEVELOPMENT certificate; configure provenance.cert_chain_file for production",
+            )
+
+    async def close(self) -> None:
+        if self.signer is not None:
+            self.signer.close()
+
+    async def ready(self) -> bool:
+        return self.signer is not None
+
+    async def on_response(self, exchange: Exchange) -> None:
+        if exchange.stopped or exchange.result is None or exchange.request is None:
+            return
+        assert self.signer is not None, "the provenance stage was not started"
+        request, result = exchange.request, exchange.result
+        ingredients = [
+            Ingredient(data=image.data, media_type=image.media_type, title=image.filename)
+            for image in request.images
+        ]
+        decisions = [decision.to_dict() for decision in exchange.decisions]
+        released = [image for image in result.images if not image.withheld]
+
+        def sign(index: int) -> Any:
+            image = released[index]
+            verdicts = decisions + ([{"stage": "output_classifier", **image.verdict}] if image.verdict else [])
+            info = ManifestInfo(
+                model=request.model,
+                provider=result.provider,
+                verdicts=verdicts,
+                policy_version=exchange.policy_version,
+                audit_id=exchange.audit_id or "",
+                request_id=exchange.request_id,
+                licence=exchange.licence,
+                ingredients=ingredients,
+            )
+            return self.signer.sign(image.data, image.media_type, info)  # type: ignore[union-attr]
+
+        signed = await asyncio.gather(*(asyncio.to_thread(sign, index) for index in range(len(released))))
+        for image, result_image in zip(released, signed, strict=True):
+            image.data = result_image.data
+            image.manifest_id = result_image.manifest_id
+            image.upstream_manifest = result_image.upstream_manifest
+        exchange.decide(
+            Decision(
+                stage=self.name,
+                action=Action.ALLOW,
+                reason=(
+                    f"signed {len(signed)} image(s)"
+                    + (" with the DEVELOPMENT certificate" if self.development else "")
+                    + (f"; kept {sum(s.upstream_manifest for s in signed)} upstream manifest(s) as ingredients"
+                       if any(s.upstream_manifest for s in signed) else "")
+                ),
+                details={"development_certificate": self.development, "manifests": [s.manifest_id for s in signed]},
+            )
+        )
