@@ -10,7 +10,9 @@ audit record, written before the response is released; if it cannot be written, 
 
 from __future__ import annotations
 
+import asyncio
 import re
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,7 +25,9 @@ from .adapters.demo import DemoProvider
 from .adapters.openai_upstream import OpenAIUpstream
 from .audit_record import build_record, exchange_outcome, new_audit_id
 from .errors import AuditUnavailableError, ImagegateError, InvalidRequestError
+from . import provenance_api
 from .exchange import Exchange, new_request_id
+from .fetch import SafeFetcher, public_only
 from .metrics import Metrics
 from .passthrough import Passthrough
 from .pipeline import Pipeline, Stage
@@ -53,6 +57,7 @@ class Gateway:
     authenticate: Authenticate
     pipeline: Pipeline
     passthrough: Passthrough | None
+    fetcher: SafeFetcher
     policy_version: str
     #: Extra things to start and stop with the app (stages holding models, pools...).
     resources: list[Stage] = field(default_factory=list)
@@ -141,6 +146,10 @@ def create_app(
         authenticate=authenticate,
         pipeline=Pipeline(chain, settings.failure_policy.model_dump()),
         passthrough=passthrough,
+        fetcher=SafeFetcher(
+            policy=(lambda address: True) if settings.server.fetch_private_addresses else public_only,
+            max_bytes=settings.server.max_body_bytes,
+        ),
         policy_version=settings.policy_version(),
         resources=chain,
     )
@@ -153,6 +162,7 @@ def create_app(
     app.router.add_post("/v1/images/generations", images_handler)
     app.router.add_post("/v1/images/edits", images_handler)
     app.router.add_get("/v1/assets/{name}", asset_handler)
+    app.router.add_post("/v1/provenance/verify", verify_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -163,6 +173,7 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.audit.start()
+    await gateway.fetcher.start()
     started: list[Provider | Stage] = []
     try:
         for provider in gateway.providers.values():
@@ -184,6 +195,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             close = getattr(resource, "close", None)
             if close is not None:
                 await close()
+        await gateway.fetcher.close()
         await gateway.audit.close()
 
 
@@ -376,6 +388,34 @@ async def passthrough_handler(request: web.Request) -> web.StreamResponse:
         await gateway.audit.append(build_record(exchange, status=status))
 
     return await gateway.passthrough.forward(request, exchange, audit)
+
+
+async def verify_handler(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/provenance/verify`: Content Credentials reports for uploaded or linked images."""
+    gateway = request.app[GATEWAY]
+    exchange = Exchange(
+        route=request.path,
+        operation="verify",
+        request_id=request[REQUEST_ID],
+        client_address=request.remote,
+        policy_version=gateway.policy_version,
+    )
+    exchange.audit_id = new_audit_id()
+    try:
+        exchange.caller = gateway.authenticate.identify(bearer_token(request))
+        sources = await provenance_api.read_sources(request, gateway.fetcher, gateway.settings.server.max_body_bytes)
+        trust = None
+        for stage in gateway.pipeline.stages:
+            anchors = getattr(getattr(stage, "settings", None), "trust_anchors_file", None)
+            if anchors is not None:
+                trust = await asyncio.to_thread(Path(anchors).read_text)
+        body = await provenance_api.verify_sources(sources, trust)
+        exchange.notes["verified"] = body["summary"]
+        response = web.json_response(body)
+    except ImagegateError as error:
+        exchange.fail(error)
+        response = openai_surface.render_error(error)
+    return await _audit_then_release(gateway, exchange, response)
 
 
 async def healthz(request: web.Request) -> web.Response:

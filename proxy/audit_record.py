@@ -78,6 +78,8 @@ def build_record(exchange: Exchange, *, prompt_mode: str = "full", status: int) 
             }
             for index, image in enumerate(result.images)
         ]
+    if "verified" in exchange.notes:
+        record["verified"] = exchange.notes["verified"]
     if exchange.error is not None:
         record["error"] = exchange.error.to_dict()
     return record

@@ -19,7 +19,7 @@ from policies.decisions import Action, Decision, most_severe
 
 from .errors import ImagegateError
 
-Operation = Literal["generate", "edit", "passthrough"]
+Operation = Literal["generate", "edit", "passthrough", "verify"]
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 FORMATS = {value: key for key, value in MEDIA_TYPES.items()}

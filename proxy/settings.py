@@ -42,6 +42,9 @@ class ServerSettings(Model):
     public_base_url: str | None = None
     #: Seconds an asset URL handed to a client stays valid.
     asset_url_ttl_s: int = Field(3600, gt=0)
+    #: Allow fetching image URLs (provenance verification) from private and loopback addresses.
+    #: Off by default: a public gateway must not become a way into the private network.
+    fetch_private_addresses: bool = False
     #: Log the full prompt in structured logs (the audit record is governed by the tenant policy).
     log_prompts: bool = False
     log_format: Literal["auto", "json", "console"] = "auto"
