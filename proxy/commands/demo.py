@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                     path.write_bytes(base64.b64decode(image.b64_json or ""))
                     saved.append(str(path))
                 report["images"] = saved
+                report["provenance_check"] = [check_provenance(Path(path), settings.server.data_dir) for path in saved]
                 if first_image is None and saved:
                     first_image = Path(saved[0])
             except openai.APIStatusError as error:
@@ -152,6 +153,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_provenance(path: Path, data_dir: Path) -> str:
+    """What an ad-ops person would see verifying this file against the gateway's (dev) root."""
+    from provenance import verify_image
+
+    anchor = data_dir / "dev-keys" / "dev-root-ca.pem"
+    report = verify_image(path.read_bytes(), trust_anchors_pem=anchor.read_text() if anchor.exists() else None)
+    if not report.has_credentials:
+        return "no Content Credentials"
+    signer = report.signer.common_name if report.signer else "unknown signer"
+    return f"{report.state} (signed by {signer}; source type {str(report.digital_source_type).rsplit('/', 1)[-1]})"
+
+
 def print_report(reports: list[dict[str, Any]], out: Path) -> None:
     for number, report in enumerate(reports, start=1):
         print(f"{number}. {report['request']}: {report['result']}")
@@ -162,11 +175,14 @@ def print_report(reports: list[dict[str, Any]], out: Path) -> None:
             print(f"   image: {path}")
         for decision in report.get("decisions", []):
             category = f" [{decision['category']}]" if decision.get("category") else ""
-            reason = f": {decision['reason']}" if decision.get("reason") else ""
+            text = decision.get("reason") or ""
+            reason = f": {text[:157] + '...' if len(text) > 160 else text}" if text else ""
             print(f"   - {decision['stage']}: {decision['action']}{category}{reason}")
         for image in report.get("provenance", []):
             signed = f"signed, manifest {image['manifest_id']}" if image.get("manifest_id") else "not signed"
             print(f"   provenance: {signed}")
+        for check in report.get("provenance_check", []):
+            print(f"   verified: {check}")
         print(f"   audit record: {report.get('audit_id')}")
         print()
     print(f"Images are in {out}/. The audit log is in imagegate-data/ (see `imagegate audit --help`).")
