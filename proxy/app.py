@@ -1,6 +1,8 @@
 """The aiohttp application: `create_app(settings)` builds everything, nothing lives in globals.
 
-Routes: the OpenAI Images endpoints run the stage pipeline; `/v1/assets/...` serves imagegate's
+Routes: each API surface (`adapters.registry.default_surfaces`: OpenAI at `/v1/images/...`, Stability,
+BFL, Replicate under `/{surface}/...`) registers its own routes, which run the stage pipeline, directly
+or as asynchronous jobs (`proxy.jobs`); `/v1/assets/...` serves imagegate's
 signed image URLs; any other `/v1/...` path is streamed to the pass-through provider; `/healthz`,
 `/readyz` and `/metrics` are for operators. Middleware only does what crosses every request (request
 ids, turning stray exceptions into provider-shaped errors). Every exchange ends with exactly one
@@ -23,21 +25,28 @@ from .adapters import openai_surface
 from .adapters.base import Provider
 from .adapters.demo import DemoProvider
 from .adapters.openai_upstream import OpenAIUpstream
+from .adapters.registry import build_provider, default_surfaces
+from .adapters.surface import JobSurface, ParseContext, Surface, SurfaceRoute
+from .admin import add_admin_routes
+from .admin.review import retain_images
 from .audit_record import build_record, exchange_outcome, new_audit_id
 from .errors import AuditUnavailableError, ImagegateError, InvalidRequestError
 from . import provenance_api
 from .exchange import Exchange, new_request_id
 from .fetch import SafeFetcher, public_only
+from .jobs import JobRunner, MemoryJobStore
 from .metrics import Metrics
 from .passthrough import Passthrough
 from .pipeline import Pipeline, Stage
 from .settings import Settings
 from .stages.authenticate import Authenticate
+from .stages.limits import IdempotentReplay
 from .stages.read_request import ReadRequest
 from .stages.skipped import SkippedStage
 from .stages.upstream import Upstream
 from .stores.assets import AssetNotFound, LocalAssetStore, load_or_create_secret
-from .stores.audit import AuditStore, AuditWriteError, SqliteAuditStore
+from .stores.audit import AuditStore, AuditWriteError, open_audit_store
+from .webhooks import WebhookSender, load_or_create_webhook_secret
 
 log = structlog.get_logger("imagegate.app")
 
@@ -61,6 +70,10 @@ class Gateway:
     policy_version: str
     #: Extra things to start and stop with the app (stages holding models, pools...).
     resources: list[Stage] = field(default_factory=list)
+    #: Client-facing API surfaces (OpenAI, Stability, BFL...), each registering its own routes.
+    surfaces: list[Surface] = field(default_factory=list)
+    #: Asynchronous jobs of job-style surfaces (submit, poll, webhooks).
+    jobs: JobRunner | None = None
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -83,6 +96,8 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     for name, config in settings.providers.items():
         if config.kind == "demo":
             providers[name] = DemoProvider(name, delay_s=config.delay_s)
+        elif config.kind != "openai":
+            providers[name] = build_provider(name, config, settings)
         else:
             providers[name] = OpenAIUpstream(
                 name,
@@ -123,11 +138,7 @@ def create_app(
     authenticate = Authenticate(settings.tenants)
     chain = list(stages(settings, StageDeps(providers, authenticate, metrics)))
     if audit is None:
-        sqlite_path = settings.audit.sqlite_path
-        audit = SqliteAuditStore(
-            sqlite_path if sqlite_path.is_absolute() else data_dir / sqlite_path,
-            max_batch=settings.audit.max_batch,
-        )
+        audit = open_audit_store(settings)
     passthrough = None
     if settings.passthrough_provider:
         config = settings.providers[settings.passthrough_provider]
@@ -152,6 +163,12 @@ def create_app(
         ),
         policy_version=settings.policy_version(),
         resources=chain,
+        surfaces=default_surfaces(),
+        jobs=JobRunner(
+            MemoryJobStore(),
+            WebhookSender(policy=(lambda address: True) if settings.server.fetch_private_addresses else public_only),
+            load_or_create_webhook_secret(data_dir / "webhook-signing.key"),
+        ),
     )
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware],
@@ -159,13 +176,15 @@ def create_app(
     )
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(_lifecycle)
-    app.router.add_post("/v1/images/generations", images_handler)
-    app.router.add_post("/v1/images/edits", images_handler)
+    for surface in gateway.surfaces:
+        for route in surface.routes():
+            app.router.add_route(route.method, route.path, surface_handler(surface, route))
     app.router.add_get("/v1/assets/{name}", asset_handler)
     app.router.add_post("/v1/provenance/verify", verify_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_admin_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough_handler)
     return app
 
@@ -175,6 +194,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await gateway.audit.start()
     await gateway.fetcher.start()
     started: list[Provider | Stage] = []
+    purger = start_retention(gateway)
     try:
         for provider in gateway.providers.values():
             await provider.start()
@@ -186,9 +206,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 started.append(stage)
         if gateway.passthrough is not None:
             await gateway.passthrough.start()
+        if gateway.jobs is not None:
+            await gateway.jobs.start()
         log.info("imagegate_started", policy_version=gateway.policy_version, stages=[s.name for s in gateway.pipeline.stages])
         yield
     finally:
+        if purger is not None:
+            purger.cancel()
+            await asyncio.gather(purger, return_exceptions=True)
+        if gateway.jobs is not None:
+            await gateway.jobs.close()
         if gateway.passthrough is not None:
             await gateway.passthrough.close()
         for resource in reversed(started):
@@ -197,6 +224,26 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 await close()
         await gateway.fetcher.close()
         await gateway.audit.close()
+
+
+def start_retention(gateway: Gateway) -> asyncio.Task[None] | None:
+    """The background retention purge (`audit.purge_interval_s`; 0 disables it)."""
+    interval = gateway.settings.audit.purge_interval_s
+    if not interval:
+        return None
+    from .stores.audit_retention import retention_loop
+
+    return asyncio.create_task(
+        retention_loop(
+            gateway.audit,
+            gateway.settings.audit.retention,
+            interval_s=interval,
+            assets_folder=gateway.assets.folder,
+            signer=getattr(gateway.audit, "signer", None),
+            policy_version=gateway.policy_version,
+        ),
+        name="audit-retention",
+    )
 
 
 # -- middleware ------------------------------------------------------------------------------------
@@ -248,36 +295,86 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def images_handler(request: web.Request) -> web.StreamResponse:
+def surface_handler(surface: Surface, route: SurfaceRoute) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler of one surface route; errors come out in that surface's shape."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        try:
+            if route.kind == "custom":
+                assert route.handler is not None
+                return await route.handler(request)
+            if route.kind in ("submit", "poll"):
+                assert gateway.jobs is not None and isinstance(surface, JobSurface)
+                if route.kind == "poll":
+                    return await gateway.jobs.poll(request, surface, gateway)
+                return await gateway.jobs.submit(
+                    request, surface, route, gateway, new_exchange=new_exchange, audit=_audit_then_release
+                )
+            return await images_handler(request, surface, route)
+        except ImagegateError as error:
+            return surface.render_error(error)
+
+    return handler
+
+
+def new_exchange(request: web.Request, surface: Surface, route: SurfaceRoute) -> Exchange:
+    """The exchange for one image request on `surface`, its body read later by the read-request stage."""
     gateway = request.app[GATEWAY]
     settings = gateway.settings
-    edit = request.path.endswith("/edits")
     exchange = Exchange(
         route=request.path,
-        operation="edit" if edit else "generate",
+        operation="edit" if route.kind == "edit" or route.options.get("operation") == "edit" else "generate",
         request_id=request[REQUEST_ID],
         client_address=request.remote,
-        credential=bearer_token(request),
+        credential=surface.credential(request),
         end_user_header=request.headers.get("X-Imagegate-User"),
         policy_version=gateway.policy_version,
     )
     exchange.audit_id = new_audit_id()
     if request.headers.get("X-Imagegate-Use-Case"):
         exchange.notes["use_case"] = request.headers["X-Imagegate-Use-Case"][:128]
-    parse = openai_surface.parse_edit if edit else openai_surface.parse_generation
-    exchange.read_request = lambda: parse(
-        request, default_model=settings.default_model, max_body_bytes=settings.server.max_body_bytes
+    if request.headers.get("Idempotency-Key") and surface.name == "openai":
+        exchange.notes["idempotency_key"] = request.headers["Idempotency-Key"][:255]
+    jobs = gateway.jobs
+    context = ParseContext(
+        default_model=settings.default_model,
+        max_body_bytes=settings.server.max_body_bytes,
+        check_webhook=jobs.webhooks.check if jobs is not None else None,
     )
+    exchange.read_request = lambda: surface.parse(request, route, context)
+    return exchange
+
+
+async def images_handler(
+    request: web.Request, surface: Surface | None = None, route: SurfaceRoute | None = None
+) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    if surface is None or route is None:  # the OpenAI routes, as before surfaces existed
+        surface = gateway.surfaces[0]
+        route = SurfaceRoute("POST", request.path, "edit" if request.path.endswith("/edits") else "generate")
+    exchange = new_exchange(request, surface, route)
     gateway.metrics.in_flight.inc()
+    released: web.Response | None = None
     try:
         await gateway.pipeline.run(exchange)
-        response = await _respond(gateway, exchange, request)
-        return await _audit_then_release(gateway, exchange, response)
+        if isinstance(exchange.error, IdempotentReplay):
+            # A retry with the same Idempotency-Key: the first response again, under its own audit record.
+            replay, exchange.error = exchange.error, None
+            response = replay.render()
+            response.headers.update(exchange.response_headers)
+        else:
+            response = await _respond(gateway, exchange, request, surface)
+        released = await _audit_then_release(gateway, exchange, response, surface.render_error)
+        return released
     finally:
+        # Stages' after-audit hooks (the limits stage keeps the released response for replays).
+        for hook in exchange.notes.pop("after_audit", ()):
+            await hook(released)
         gateway.metrics.in_flight.dec()
 
 
-async def _respond(gateway: Gateway, exchange: Exchange, request: web.Request) -> web.Response:
+async def _respond(gateway: Gateway, exchange: Exchange, request: web.Request, surface: Surface) -> web.Response:
     if exchange.error is None and exchange.result is not None and exchange.request is not None:
         if not [image for image in exchange.result.images if not image.withheld]:
             exchange.fail(
@@ -295,9 +392,9 @@ async def _respond(gateway: Gateway, exchange: Exchange, request: web.Request) -
                         name, gateway.settings.server.asset_url_ttl_s
                     )
     if exchange.error is not None:
-        response = openai_surface.render_error(exchange.error)
+        response = surface.render_error(exchange.error)
     else:
-        response = openai_surface.render_result(exchange)
+        response = surface.render_result(exchange, request)
         result = exchange.result
         assert result is not None
         withheld = sum(image.withheld for image in result.images)
@@ -310,17 +407,23 @@ async def _respond(gateway: Gateway, exchange: Exchange, request: web.Request) -
     return response
 
 
-async def _audit_then_release(gateway: Gateway, exchange: Exchange, response: web.Response) -> web.Response:
+async def _audit_then_release(
+    gateway: Gateway,
+    exchange: Exchange,
+    response: web.Response,
+    render_error: Callable[[ImagegateError], web.Response] = openai_surface.render_error,
+) -> web.Response:
     """Write the audit record durably, then release the response; fail closed if the write fails."""
     tenant = gateway.settings.tenants.get(exchange.caller.tenant) if exchange.caller else None
     exchange.status = response.status
     record = build_record(exchange, prompt_mode=tenant.audit_prompts if tenant else "hash", status=response.status)
     try:
+        await retain_images(gateway, exchange, record)
         await gateway.audit.append(record)
     except (AuditWriteError, OSError) as exc:
         gateway.metrics.audit_failures.inc()
         log.error("audit_write_failed_request_refused", audit_id=exchange.audit_id, error=str(exc))
-        response = openai_surface.render_error(
+        response = render_error(
             AuditUnavailableError("The request could not be recorded in the audit log, so its result is withheld.")
         )
     metrics = gateway.metrics

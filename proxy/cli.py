@@ -14,8 +14,8 @@ from collections.abc import Sequence
 #: Command modules, in the order their commands appear in `--help`.
 COMMAND_MODULES: list[str] = [
     "proxy.commands.serve",
+    "proxy.commands.audit",
     "proxy.commands.demo",
-    "proxy.commands.classify",
     "proxy.commands.keys",
     "proxy.commands.provenance",
     "proxy.commands.licenses",

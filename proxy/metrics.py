@@ -39,6 +39,11 @@ class Metrics:
         self.cost = Counter(
             "imagegate_cost_usd_total", "Estimated upstream spend in USD.", ["provider"], registry=self.registry
         )
+        self.limit_backend_failures = Counter(
+            "imagegate_limit_backend_failures_total",
+            "Rate-limit/budget store operations that failed (backend unreachable or erroring).",
+            ["backend", "operation"], registry=self.registry,
+        )
         self._stage_children: dict[str, Histogram] = {}
         self.in_flight = Gauge("imagegate_requests_in_flight", "Requests being handled.", registry=self.registry)
 

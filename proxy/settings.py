@@ -22,6 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from policies.retention import RetentionPolicy
+
 ENV_PREFIX = "IMAGEGATE_"
 
 
@@ -51,10 +53,22 @@ class ServerSettings(Model):
     log_level: str = "info"
 
 
+#: Per provider kind: the documented base URL, the usual key variable and the hosts its image URLs
+#: come from (`*.` matches any subdomain). Each can be overridden in the provider's settings.
+PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "openai": {"base_url": "https://api.openai.com/v1", "api_key_env": None, "image_url_hosts": []},
+    "stability": {"base_url": "https://api.stability.ai", "api_key_env": "STABILITY_API_KEY", "image_url_hosts": []},
+    "bfl": {"base_url": "https://api.bfl.ai", "api_key_env": "BFL_API_KEY", "image_url_hosts": ["*.bfl.ai", "bfldeliverysc.blob.core.windows.net"]},
+    "replicate": {"base_url": "https://api.replicate.com", "api_key_env": "REPLICATE_API_TOKEN", "image_url_hosts": ["replicate.delivery", "*.replicate.delivery"]},
+    "fal": {"base_url": "https://queue.fal.run", "api_key_env": "FAL_KEY", "image_url_hosts": ["fal.media", "*.fal.media"]},
+    "google": {"base_url": "https://generativelanguage.googleapis.com", "api_key_env": "GEMINI_API_KEY", "image_url_hosts": []},
+}
+
+
 class ProviderSettings(Model):
     """One upstream. `kind` picks the implementation; `models` the model ids it serves."""
 
-    kind: Literal["openai", "demo"]
+    kind: Literal["openai", "demo", "stability", "bfl", "replicate", "fal", "google"]
     base_url: str | None = None
     #: Name of the environment variable that holds the upstream API key (never the key itself).
     api_key_env: str | None = None
@@ -65,12 +79,36 @@ class ProviderSettings(Model):
     delay_s: float = Field(0.0, ge=0)
     #: Hosts from which images returned as URLs may be fetched.
     image_url_hosts: list[str] = Field(default_factory=list)
+    #: Networks (CIDR) admitted for image URLs besides public addresses, e.g. a provider reached over
+    #: a private link. Empty by default: private, loopback and link-local addresses are refused.
+    image_url_networks: list[str] = Field(default_factory=list)
+    #: Largest image fetched from a provider URL, and the time allowed for one fetch.
+    image_max_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    image_fetch_timeout_s: float = Field(30.0, gt=0)
+    #: Asynchronous upstream APIs: seconds between two polls of a pending job.
+    poll_interval_s: float = Field(0.5, gt=0)
 
     @model_validator(mode="after")
-    def _openai_needs_base_url(self) -> ProviderSettings:
-        if self.kind == "openai" and not self.base_url:
-            self.base_url = "https://api.openai.com/v1"
+    def _kind_defaults(self) -> ProviderSettings:
+        defaults = PROVIDER_DEFAULTS.get(self.kind)
+        if defaults is None:
+            return self
+        if not self.base_url:
+            self.base_url = defaults["base_url"]
+        if self.api_key_env is None and "api_key_env" not in self.model_fields_set:
+            self.api_key_env = defaults["api_key_env"]
+        if not self.image_url_hosts and "image_url_hosts" not in self.model_fields_set:
+            self.image_url_hosts = list(defaults["image_url_hosts"])
         return self
+
+    @field_validator("image_url_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+        return values
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         if not self.api_key_env:
@@ -110,6 +148,22 @@ class AuditSettings(Model):
     #: Records written per transaction at most (group commit); a record is acknowledged only once
     #: its transaction is durable.
     max_batch: int = Field(256, gt=0)
+    #: PostgreSQL schema holding the audit tables (created if missing).
+    postgres_schema: str = Field("imagegate", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    #: A signed checkpoint of the hash chain every this many records, or every this many seconds.
+    checkpoint_every: int = Field(1000, gt=0)
+    checkpoint_interval_s: float = Field(60.0, gt=0)
+    #: Ed25519 checkpoint key (PEM): from this environment variable if set, else this file
+    #: (relative paths are under `server.data_dir`), created on first start.
+    checkpoint_key_env: str | None = "IMAGEGATE_AUDIT_CHECKPOINT_KEY"
+    checkpoint_key_file: Path = Path("audit-checkpoint.key")
+    #: Which generated images keep a copy for reviewers: none, the flagged ones, or all.
+    retain_images: Literal["none", "flagged", "all"] = "flagged"
+    #: Retention rules (`policies.retention.RetentionPolicy`): per tenant and per field, legal holds.
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    #: Seconds between two runs of the retention purge inside `imagegate serve`; 0 disables it
+    #: (run `imagegate audit purge` from a scheduler instead).
+    purge_interval_s: float = Field(3600.0, ge=0)
 
 
 class FailurePolicy(Model):
@@ -161,7 +215,15 @@ class Settings(Model):
         """A stable hash of every rule in force, written into audit records and manifests."""
         policy = self.model_dump(
             mode="json",
-            include={"tenants", "failure_policy", "prompt_filter", "classifier", "licences", "limits"},
+            include={
+                "tenants": True,
+                "failure_policy": True,
+                "prompt_filter": True,
+                "classifier": True,
+                "licences": True,
+                "limits": True,
+                "audit": {"retention"},
+            },
         )
         for tenant in policy.get("tenants", {}).values():
             tenant.pop("api_key_sha256", None)

@@ -27,6 +27,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ..exchange import Exchange, GenerationRequest, InputImage, sniff_media_type
+from .surface import ParseContext, SurfaceRoute, bearer_token
 
 #: Fields this surface interprets; anything else is passed upstream unchanged.
 _KNOWN = {"model", "prompt", "n", "size", "quality", "response_format", "output_format", "user"}
@@ -212,3 +213,28 @@ def render_error(error: ImagegateError) -> web.Response:
         content_type="application/json",
         headers=error.headers,
     )
+
+
+class OpenAISurface:
+    """The OpenAI Images API surface, mounted at `/v1/images/...` (where the OpenAI SDK sends it)."""
+
+    name = "openai"
+
+    def routes(self) -> list[SurfaceRoute]:
+        return [
+            SurfaceRoute("POST", "/v1/images/generations", "generate"),
+            SurfaceRoute("POST", "/v1/images/edits", "edit"),
+        ]
+
+    def credential(self, request: web.Request) -> str | None:
+        return bearer_token(request)
+
+    async def parse(self, request: web.Request, route: SurfaceRoute, context: ParseContext) -> GenerationRequest:
+        parse = parse_edit if route.kind == "edit" else parse_generation
+        return await parse(request, default_model=context.default_model, max_body_bytes=context.max_body_bytes)
+
+    def render_result(self, exchange: Exchange, request: web.Request) -> web.Response:
+        return render_result(exchange)
+
+    def render_error(self, error: ImagegateError) -> web.Response:
+        return render_error(error)

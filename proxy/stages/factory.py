@@ -43,9 +43,16 @@ def provenance_stage(settings: Settings) -> Stage:
     return ProvenanceStage(signing, development=development)
 
 
+def limits_stage(settings: Settings) -> Stage:
+    from .limits import build_limits_stage
+
+    return build_limits_stage(settings)
+
+
 #: Builders of the real stages, by the name of the skipped stage they replace.
 BUILDERS: dict[str, Callable[[Settings], Stage]] = {
     "licence": licence_stage,
+    "limits": limits_stage,
     "provenance": provenance_stage,
 }
 
@@ -54,7 +61,12 @@ def _replace(settings: Settings, deps: StageDeps, names: set[str]) -> list[Stage
     from ..app import default_stages
 
     chain = default_stages(settings, deps)
-    return [BUILDERS[stage.name](settings) if stage.name in names and stage.name in BUILDERS else stage for stage in chain]
+    built = [BUILDERS[stage.name](settings) if stage.name in names and stage.name in BUILDERS else stage for stage in chain]
+    for stage in built:  # stages that report metrics of their own get the app's registry
+        bind_metrics = getattr(stage, "bind_metrics", None)
+        if bind_metrics is not None:
+            bind_metrics(deps.metrics)
+    return built
 
 
 def full_stages(settings: Settings, deps: StageDeps) -> Sequence[Stage]:

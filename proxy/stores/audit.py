@@ -1,12 +1,18 @@
 """The audit store: one durable record per exchange, acknowledged only once it is on disk.
 
-`AuditStore` is the interface the proxy writes through; `SqliteAuditStore` is the embedded default.
-Writes use group commit: records that arrive while a transaction is being made durable wait and go
-into the next transaction together, so throughput grows with concurrency while every `append`
-still returns only after its own record is durable (SQLite WAL, `synchronous=FULL`).
+`AuditStore` is the interface the proxy writes through; `SqliteAuditStore` (embedded default,
+`audit_sqlite`) and `PostgresAuditStore` (scale-out, `audit_postgres`) implement it, and
+`open_audit_store(settings)` picks one from `audit.backend`.
 
-This module must never acknowledge a record that is not durable, and never block the event loop:
-all SQLite work runs on one dedicated writer thread.
+Writes use group commit (`GroupCommitStore`): records that arrive while a transaction is being made
+durable wait and go into the next transaction together, so throughput grows with concurrency while
+every `append` still returns only after its own record is durable. The one writer of each store
+extends the hash chain (`audit_chain`) inside that transaction and signs a checkpoint every N
+records or T seconds. The same transaction keeps the review queue in step with the trail: a record
+that retains flagged images opens review items, a review decision record closes one.
+
+This module must never acknowledge a record that is not durable, never let two writers extend the
+chain at once, and never block the event loop.
 """
 
 from __future__ import annotations
@@ -14,20 +20,37 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
-import sqlite3
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
+
+from .audit_chain import (
+    Anchor,
+    ChainRow,
+    ChainVerifier,
+    Checkpoint,
+    CheckpointSigner,
+    PreparedRecord,
+    VerifyReport,
+    prepare,
+)
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 log = structlog.get_logger("imagegate.audit")
 
 
 class AuditWriteError(Exception):
     """The record could not be made durable; the request must fail closed."""
+
+
+class ReviewConflict(AuditWriteError):
+    """The review item is unknown or was already decided; the decision record was not written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +61,64 @@ class AuditQuery:
     end_user: str | None = None
     model: str | None = None
     outcome: str | None = None
+    #: A decision action any stage (or an image verdict) took: allow, flag, blur, block, error...
+    decision: str | None = None
+    #: A category any decision or verdict named.
+    category: str | None = None
     since: float | None = None
     until: float | None = None
-    #: Return records with a sequence number greater than this (cursor pagination).
+    #: Return records with a sequence number greater than this (cursor pagination, ascending).
     after_seq: int = 0
+    #: Return records with a sequence number lower than this (cursor pagination, descending).
+    before_seq: int | None = None
+    order: Literal["asc", "desc"] = "asc"
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewQuery:
+    tenant: str | None = None
+    status: str | None = "pending"
+    after: str | None = None
+    audit_id: str | None = None
     limit: int = 100
 
 
 def canonical_json(record: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def review_rows(prepared: PreparedRecord) -> list[dict[str, Any]]:
+    """The review items a record opens: one per retained flagged image that names a review item."""
+    record = prepared.record
+    items = []
+    for retained in record.get("retained_images") or ():
+        if not isinstance(retained, dict) or not retained.get("review_item"):
+            continue
+        items.append(
+            {
+                "id": retained["review_item"],
+                "audit_id": record["id"],
+                "tenant": record.get("tenant"),
+                "end_user": record.get("end_user"),
+                "model": record.get("model"),
+                "created": record["time"],
+                "image_index": retained.get("index"),
+                "asset": retained.get("asset"),
+                "media_type": retained.get("media_type"),
+                "sha256": retained.get("sha256"),
+                "verdicts": json.dumps(retained.get("verdicts") or [], sort_keys=True),
+            }
+        )
+    return items
+
+
+def review_decision(prepared: PreparedRecord) -> dict[str, Any] | None:
+    """The review item a record decides, if it is a review decision record."""
+    review = prepared.record.get("review")
+    if isinstance(review, dict) and review.get("item") and review.get("decision") in ("approve", "reject"):
+        return review
+    return None
 
 
 class AuditStore(abc.ABC):
@@ -72,53 +144,111 @@ class AuditStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    # -- the chain (verification) ----------------------------------------------------------------
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_records (
-    seq       INTEGER PRIMARY KEY,
-    id        TEXT NOT NULL UNIQUE,
-    ts        REAL NOT NULL,
-    tenant    TEXT,
-    end_user  TEXT,
-    model     TEXT,
-    outcome   TEXT,
-    status    INTEGER,
-    record    TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_records_tenant_ts ON audit_records (tenant, ts);
-CREATE INDEX IF NOT EXISTS audit_records_ts ON audit_records (ts);
-"""
+    @abc.abstractmethod
+    def chain_rows(self, page: int = 2000) -> AsyncIterator[ChainRow]:
+        """Every stored row (tombstones included) in seq order, from one consistent snapshot."""
+
+    @abc.abstractmethod
+    async def checkpoints(self) -> list[Checkpoint]: ...
+
+    @abc.abstractmethod
+    async def anchor(self) -> Anchor | None:
+        """The signed hash of the last record of a deleted prefix, if a prefix was deleted."""
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def retention_candidates(self, before: float, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        """Live records older than `before`, seq ascending from `after_seq` (with "seq")."""
+
+    @abc.abstractmethod
+    async def redact(self, changes: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Replace the stored bodies of these records (seq, record with redaction markers); the
+        digests and hashes stay as they are."""
+
+    @abc.abstractmethod
+    async def tombstone(self, seqs: Sequence[int]) -> None:
+        """Delete these records' content, keeping seq, id, time, prev_hash and hash."""
+
+    @abc.abstractmethod
+    async def compact(self, signer: CheckpointSigner) -> int:
+        """Drop the leading run of tombstones, keeping a signed anchor; returns how many."""
+
+    # -- the review queue ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def review_items(self, query: ReviewQuery) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def review_item(self, item_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def forget_review_assets(self, audit_ids: Sequence[str]) -> list[str]:
+        """Unlink the stored images of these records' review items; returns the asset names."""
+
+    async def verify(self, trusted_keys: Sequence[str] | None = None) -> VerifyReport:
+        """Check the whole chain and every checkpoint; the report names the first broken record."""
+        checkpoints = await self.checkpoints()
+        verifier = ChainVerifier(
+            anchor=await self.anchor(), checkpoint_seqs=[c.seq for c in checkpoints], trusted_keys=trusted_keys
+        )
+        async for row in self.chain_rows():
+            if not verifier.feed(row):
+                break
+        return verifier.finish(checkpoints)
 
 
-class SqliteAuditStore(AuditStore):
-    """SQLite in WAL mode with `synchronous=FULL`, one writer thread, group commit."""
+Pending = tuple[PreparedRecord, "asyncio.Future[int]"]
 
-    def __init__(self, path: Path, *, max_batch: int = 256) -> None:
-        self.path = Path(path)
+
+class GroupCommitStore(AuditStore):
+    """The write path both stores share: a queue, one writer task, one transaction per batch.
+
+    Subclasses implement `_open`, `_shutdown` and `_commit(batch, checkpoint)`; `_commit` extends
+    the chain, applies the review side effects, writes a checkpoint when `checkpoint` says so, and
+    commits, all in one transaction, or raises having committed nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_batch: int = 256,
+        signer: CheckpointSigner | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 60.0,
+    ) -> None:
         self.max_batch = max_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite")
-        self._connection: sqlite3.Connection | None = None
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self._pending: list[Pending] = []
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        #: Seq and time of the newest checkpoint this store knows of (refreshed by `_commit`).
+        self._checkpoint_seq = 0
+        self._checkpoint_at = time.time()
 
-    # -- lifecycle -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _shutdown(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _commit(self, batch: list[PreparedRecord], *, checkpoint_only: bool = False) -> list[int]: ...
+
+    def _checkpoint_due(self, head_seq: int, last_seq: int, last_at: float, force: bool = False) -> bool:
+        if self.signer is None or head_seq <= last_seq:
+            return False
+        return force or head_seq - last_seq >= self.checkpoint_every or time.time() - last_at >= self.checkpoint_interval_s
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._open)
+        await self._open()
         self._wakeup = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="audit-writer")
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.execute("PRAGMA busy_timeout=5000")
-        connection.executescript(_SCHEMA)
-        self._connection = connection
 
     async def close(self) -> None:
         self._closing = True
@@ -126,136 +256,141 @@ class SqliteAuditStore(AuditStore):
             self._wakeup.set()
         if self._writer is not None:
             await self._writer
-        loop = asyncio.get_running_loop()
-        if self._connection is not None:
-            await loop.run_in_executor(self._executor, self._connection.close)
-            self._connection = None
-        self._executor.shutdown(wait=True)
-
-    # -- writing ---------------------------------------------------------------------------------
+            self._writer = None
+        await self._shutdown()
 
     async def append(self, record: dict[str, Any]) -> int:
         if self._wakeup is None or self._closing:
             raise AuditWriteError("the audit store is not running")
+        try:
+            prepared = prepare(record)
+            if not isinstance(record.get("id"), str) or not isinstance(record.get("time"), (int, float)):
+                raise ValueError("an audit record needs a string id and a numeric time")
+        except (TypeError, ValueError) as exc:
+            raise AuditWriteError(f"the record cannot be serialised: {exc}") from exc
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, future))
+        self._pending.append((prepared, future))
         self._wakeup.set()
         return await future
 
     async def _write_loop(self) -> None:
         assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.05, self.checkpoint_interval_s))
+            except TimeoutError:
+                await self._idle_checkpoint()
+                continue
             self._wakeup.clear()
             while self._pending:
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
                 try:
-                    seqs = await loop.run_in_executor(self._executor, self._write_batch, [r for r, _ in batch])
+                    seqs = await self._commit([prepared for prepared, _ in batch])
                 except Exception as exc:
                     # The transaction rolled back: nobody in it is acknowledged. Retry one by one so
                     # that a single bad record cannot fail the records that shared its batch.
                     if len(batch) > 1:
-                        self._pending[:0] = [(r, f) for r, f in batch[1:]]
+                        self._pending[:0] = batch[1:]
                         batch = batch[:1]
                         try:
-                            seqs = await loop.run_in_executor(self._executor, self._write_batch, [batch[0][0]])
+                            seqs = await self._commit([batch[0][0]])
                         except Exception as single:
                             exc = single
                         else:
                             self._settle(batch, seqs)
                             continue
-                    log.error("audit_write_failed", error=type(exc).__name__, detail=str(exc))
+                    log.error("audit_write_failed", error=type(exc).__name__, detail=str(exc)[:500])
+                    error = exc if isinstance(exc, AuditWriteError) else AuditWriteError(f"audit write failed: {exc}")
                     for _, future in batch:
                         if not future.done():
-                            future.set_exception(AuditWriteError(f"audit write failed: {exc}"))
+                            future.set_exception(error)
                     continue
                 self._settle(batch, seqs)
             if self._closing and not self._pending:
+                await self._idle_checkpoint()
                 return
 
+    async def _idle_checkpoint(self) -> None:
+        """Sign the head when records arrived since the last checkpoint and T seconds have passed."""
+        if self.signer is None:
+            return
+        try:
+            await self._commit([], checkpoint_only=True)
+        except Exception as exc:  # a missed checkpoint is retried at the next interval
+            log.warning("audit_checkpoint_failed", error=type(exc).__name__, detail=str(exc)[:300])
+
     @staticmethod
-    def _settle(batch: list[tuple[dict[str, Any], asyncio.Future[int]]], seqs: list[int]) -> None:
+    def _settle(batch: list[Pending], seqs: list[int]) -> None:
         for (_, future), seq in zip(batch, seqs, strict=True):
             if not future.done():
                 future.set_result(seq)
 
-    def _write_batch(self, records: Sequence[dict[str, Any]]) -> list[int]:
-        connection = self._connection
-        if connection is None:
-            raise AuditWriteError("the audit store is closed")
-        seqs: list[int] = []
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            for record in records:
-                cursor = connection.execute(
-                    "INSERT INTO audit_records (id, ts, tenant, end_user, model, outcome, status, record)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record["id"],
-                        record["time"],
-                        record.get("tenant"),
-                        record.get("end_user"),
-                        record.get("model"),
-                        record.get("outcome"),
-                        record.get("status"),
-                        canonical_json(record),
-                    ),
-                )
-                seqs.append(int(cursor.lastrowid or 0))
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        return seqs
 
-    # -- reading ---------------------------------------------------------------------------------
+def open_audit_store(
+    settings: Settings, *, signer: CheckpointSigner | None = None, with_signer: bool = True
+) -> GroupCommitStore:
+    """The store `audit.backend` names, with the checkpoint key (created on first start).
+    `with_signer=False` opens it without a key (for commands that only read: no key is created)."""
+    from ..settings import ConfigError
+    from .audit_chain import load_or_create_signing_key
 
-    async def query(self, query: AuditQuery) -> list[dict[str, Any]]:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._query, query)
+    audit = settings.audit
+    data_dir = settings.server.data_dir
+    if signer is None and with_signer:
+        key_path = audit.checkpoint_key_file if audit.checkpoint_key_file.is_absolute() else data_dir / audit.checkpoint_key_file
+        signer = load_or_create_signing_key(key_path, env=audit.checkpoint_key_env)
+    common: dict[str, Any] = {
+        "max_batch": audit.max_batch,
+        "signer": signer,
+        "checkpoint_every": audit.checkpoint_every,
+        "checkpoint_interval_s": audit.checkpoint_interval_s,
+    }
+    if audit.backend == "postgres":
+        import os
 
-    def _query(self, query: AuditQuery) -> list[dict[str, Any]]:
-        assert self._connection is not None
-        clauses = ["seq > ?"]
-        params: list[Any] = [query.after_seq]
-        for column, value in (
-            ("tenant", query.tenant),
-            ("end_user", query.end_user),
-            ("model", query.model),
-            ("outcome", query.outcome),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if query.since is not None:
-            clauses.append("ts >= ?")
-            params.append(query.since)
-        if query.until is not None:
-            clauses.append("ts < ?")
-            params.append(query.until)
-        params.append(query.limit)
-        rows = self._connection.execute(
-            f"SELECT seq, record FROM audit_records WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?",
-            params,
-        ).fetchall()
-        return [{**json.loads(record), "seq": seq} for seq, record in rows]
+        from .audit_postgres import PostgresAuditStore
 
-    async def get(self, audit_id: str) -> dict[str, Any] | None:
-        def _get() -> dict[str, Any] | None:
-            assert self._connection is not None
-            row = self._connection.execute(
-                "SELECT seq, record FROM audit_records WHERE id = ?", (audit_id,)
-            ).fetchone()
-            return None if row is None else {**json.loads(row[1]), "seq": row[0]}
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, _get)
-
-    async def ping(self) -> bool:
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: self._connection is not None and self._connection.execute("SELECT 1")
+        dsn = os.environ.get(audit.dsn_env) if audit.dsn_env else None
+        if not dsn:
+            raise ConfigError(
+                "audit.backend is postgres but no DSN is set: name the environment variable that holds it in audit.dsn_env"
             )
-        except Exception:
-            return False
-        return self._connection is not None and not self._closing
+        return PostgresAuditStore(dsn, schema=audit.postgres_schema, **common)
+    sqlite_path = audit.sqlite_path
+    return SqliteAuditStore(sqlite_path if sqlite_path.is_absolute() else data_dir / sqlite_path, **common)
+
+
+def trusted_public_keys(settings: Settings, extra_files: Sequence[Path] = ()) -> list[str]:
+    """Public keys `verify` trusts: the configured checkpoint key's, plus any given files."""
+    from .audit_chain import load_public_key, public_key_hex
+
+    audit = settings.audit
+    keys: list[str] = []
+    import os
+
+    pem = os.environ.get(audit.checkpoint_key_env) if audit.checkpoint_key_env else None
+    key_path = audit.checkpoint_key_file if audit.checkpoint_key_file.is_absolute() else settings.server.data_dir / audit.checkpoint_key_file
+    if pem:
+        keys.append(public_key_hex(load_public_key(pem.encode())))
+    elif key_path.exists():
+        keys.append(public_key_hex(load_public_key(key_path.read_bytes())))
+    for path in extra_files:
+        keys.append(public_key_hex(load_public_key(Path(path).read_bytes())))
+    return keys
+
+
+from .audit_sqlite import SqliteAuditStore  # noqa: E402  (re-exported: the embedded default)
+
+__all__ = [
+    "AuditQuery",
+    "AuditStore",
+    "AuditWriteError",
+    "GroupCommitStore",
+    "ReviewConflict",
+    "ReviewQuery",
+    "SqliteAuditStore",
+    "canonical_json",
+    "open_audit_store",
+    "trusted_public_keys",
+]

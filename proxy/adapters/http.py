@@ -1,0 +1,147 @@
+"""What every HTTP provider adapter shares: one client session, wire errors mapped to imagegate's error
+tree, and image URLs fetched under the SSRF guard.
+
+`ProviderHTTP.call` sends one request and returns status, headers and body, read to the end under a
+size cap; a timeout, a broken connection or a 5xx become `Upstream*` errors, and a 4xx the
+provider's own answer (`UpstreamStatusError`, passed back unchanged where the client speaks the same
+wire format).
+
+`ImageFetcher` fetches the images providers return as URLs: only from the provider's host allow-list
+(`image_url_hosts`, where `*.example.com` admits subdomains), only to public addresses (checked after
+DNS resolution and on every redirect, by `proxy.fetch.SafeFetcher`), with size and time caps. A
+refusal is an `UpstreamBadResponseError` that says which rule refused the URL; the image is never
+handed to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from ..errors import (
+    UpstreamBadResponseError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from ..exchange import sniff_media_type
+from ..fetch import AddressPolicy, FetchError, SafeFetcher, UnsafeURLError, public_only
+from .openai_upstream import MAX_UPSTREAM_BODY, read_body
+
+
+def host_allowed(host: str, patterns: set[str]) -> bool:
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]) and host != pattern[2:]:
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+class ImageFetcher(SafeFetcher):
+    """`SafeFetcher` with a host allow-list that admits `*.` subdomain patterns."""
+
+    def __init__(self, provider: str, *, hosts: list[str], policy: AddressPolicy = public_only, **kwargs: Any) -> None:
+        super().__init__(policy=policy, **kwargs)
+        self.provider = provider
+        self.host_patterns = set(hosts)
+
+    def check_url(self, url: URL) -> None:
+        super().check_url(url)
+        if not host_allowed(url.host or "", self.host_patterns):
+            raise UnsafeURLError(
+                f"The host {url.host!r} is not in the `image_url_hosts` allow-list of provider {self.provider!r}."
+            )
+
+    async def fetch_image(self, url: str) -> tuple[bytes, str]:
+        """The image at `url` and its sniffed media type, or an `Upstream*` error saying why not."""
+        try:
+            data, _ = await self.fetch(url)
+        except UnsafeURLError as exc:
+            raise UpstreamBadResponseError(
+                f"The image URL returned by provider {self.provider!r} was refused: {exc.message}",
+                code="upstream_unsafe_image_url",
+            ) from exc
+        except FetchError as exc:
+            raise UpstreamBadResponseError(
+                f"The image URL returned by provider {self.provider!r} could not be fetched: {exc.message}",
+                code="upstream_image_fetch_failed",
+            ) from exc
+        media_type = sniff_media_type(data)
+        if media_type is None:
+            raise UpstreamBadResponseError(f"Provider {self.provider!r} returned a URL that is not a PNG, JPEG or WebP image.")
+        return data, media_type
+
+
+class ProviderHTTP:
+    """One aiohttp session per provider, opened by `start` and closed by `close`."""
+
+    name: str
+
+    def __init__(self, name: str, *, base_url: str, timeout_s: float, connect_timeout_s: float) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=self.timeout, connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise UpstreamError(f"provider {self.name!r} is not started")
+        return self._session
+
+    async def call(
+        self, method: str, url: str, *, accept_status: tuple[int, ...] = (), **kwargs: Any
+    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
+        """Status, headers and whole body; errors mapped (statuses in `accept_status` are returned)."""
+        try:
+            async with self.session.request(method, url, allow_redirects=False, **kwargs) as response:
+                body = await read_body(response, MAX_UPSTREAM_BODY)
+                status, headers = response.status, response.headers
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeoutError(
+                f"The upstream provider {self.name!r} did not answer in time ({self.timeout.total:.0f} s)."
+            ) from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise UpstreamConnectionError(
+                f"The connection to the upstream provider {self.name!r} failed: {type(exc).__name__}."
+            ) from exc
+        if status in accept_status or status < 400:
+            return status, headers, body
+        if status >= 500:
+            raise UpstreamError(f"The upstream provider {self.name!r} failed with HTTP {status}.", code="upstream_error")
+        raise UpstreamStatusError(status, body, headers.get("Content-Type", "application/json"), f"upstream answered HTTP {status}")
+
+
+def megapixels(width: int, height: int) -> float:
+    return round(width * height / 1_000_000, 3)
+
+
+def cost_hint(*, images: int, width: int | None = None, height: int | None = None, **extra: Any) -> dict[str, Any]:
+    """What the budget stage may read to price a result: images, megapixels, credits..."""
+    hint: dict[str, Any] = {"images": images}
+    if width and height:
+        hint["width"], hint["height"] = width, height
+        hint["megapixels"] = megapixels(width, height)
+        hint["billed_megapixels"] = max(1, math.ceil(width * height / (1024 * 1024)))
+    hint.update({key: value for key, value in extra.items() if value is not None})
+    return hint

@@ -1,0 +1,520 @@
+"""`SqliteAuditStore`: the embedded default, SQLite in WAL mode with `synchronous=FULL`.
+
+All writes run on one dedicated writer thread, one `BEGIN IMMEDIATE` transaction per batch; the
+chain head is read inside that transaction, so even two processes sharing the file extend one chain.
+Reads run on a second thread with their own connection (WAL readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .audit import AuditQuery, AuditWriteError, GroupCommitStore, ReviewConflict, ReviewQuery, review_decision, review_rows
+from .audit_chain import (
+    GENESIS,
+    TOMBSTONE,
+    Anchor,
+    ChainRow,
+    Checkpoint,
+    CheckpointSigner,
+    PreparedRecord,
+    canonical,
+    chain_hash,
+    is_redacted,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_records (
+    seq        INTEGER PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    ts         REAL NOT NULL,
+    tenant     TEXT,
+    end_user   TEXT,
+    model      TEXT,
+    outcome    TEXT,
+    status     INTEGER,
+    actions    TEXT,
+    categories TEXT,
+    record     TEXT NOT NULL,
+    digests    TEXT,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    deleted_at REAL
+);
+CREATE INDEX IF NOT EXISTS audit_records_tenant_ts ON audit_records (tenant, ts);
+CREATE INDEX IF NOT EXISTS audit_records_ts ON audit_records (ts);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq        INTEGER PRIMARY KEY,
+    hash       TEXT NOT NULL,
+    at         REAL NOT NULL,
+    key_id     TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    signature  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_anchor (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    seq        INTEGER NOT NULL,
+    hash       TEXT NOT NULL,
+    at         REAL NOT NULL,
+    key_id     TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    signature  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS review_items (
+    id                TEXT PRIMARY KEY,
+    audit_id          TEXT NOT NULL,
+    tenant            TEXT,
+    end_user          TEXT,
+    model             TEXT,
+    created           REAL NOT NULL,
+    image_index       INTEGER,
+    asset             TEXT,
+    media_type        TEXT,
+    sha256            TEXT,
+    verdicts          TEXT,
+    status            TEXT NOT NULL DEFAULT 'pending',
+    reviewer          TEXT,
+    decided_at        REAL,
+    note              TEXT,
+    decision_audit_id TEXT
+);
+CREATE INDEX IF NOT EXISTS review_items_tenant_status ON review_items (tenant, status, created);
+CREATE INDEX IF NOT EXISTS review_items_audit_id ON review_items (audit_id);
+"""
+
+_INSERT = (
+    "INSERT INTO audit_records (seq, id, ts, tenant, end_user, model, outcome, status, actions, categories,"
+    " record, digests, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_REVIEW_COLUMNS = (
+    "id, audit_id, tenant, end_user, model, created, image_index, asset, media_type, sha256, verdicts,"
+    " status, reviewer, decided_at, note, decision_audit_id"
+)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=10000")
+    return connection
+
+
+def _text(value: Any) -> str | None:
+    """Index columns hold text; a redaction marker or other structure is not indexed."""
+    return value if isinstance(value, str) or value is None else None
+
+
+def _review_dict(row: Sequence[Any]) -> dict[str, Any]:
+    names = [name.strip() for name in _REVIEW_COLUMNS.split(",")]
+    item = dict(zip(names, row, strict=True))
+    item["verdicts"] = json.loads(item["verdicts"] or "[]")
+    return item
+
+
+class SqliteAuditStore(GroupCommitStore):
+    """SQLite in WAL mode with `synchronous=FULL`, one writer thread, group commit, hash chain."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_batch: int = 256,
+        signer: CheckpointSigner | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 60.0,
+    ) -> None:
+        super().__init__(
+            max_batch=max_batch, signer=signer, checkpoint_every=checkpoint_every, checkpoint_interval_s=checkpoint_interval_s
+        )
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite-read")
+        self._connection: sqlite3.Connection | None = None
+        self._read_connection: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open_writer)
+        self._read_connection = await loop.run_in_executor(self._reader, _connect, self.path)
+
+    def _open_writer(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = _connect(self.path)
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(audit_records)")}
+        if columns and "hash" not in columns:
+            connection.close()
+            raise AuditWriteError(f"{self.path} holds an audit log without a hash chain (older format)")
+        connection.executescript(_SCHEMA)
+        row = connection.execute("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            self._checkpoint_seq, self._checkpoint_at = int(row[0]), float(row[1])
+        self._connection = connection
+
+    async def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._connection is not None:
+            await loop.run_in_executor(self._executor, self._connection.close)
+            self._connection = None
+        if self._read_connection is not None:
+            await loop.run_in_executor(self._reader, self._read_connection.close)
+            self._read_connection = None
+        self._executor.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+
+    async def _write(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def _read(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, function, *args)
+
+    def _transaction(self) -> sqlite3.Connection:
+        connection = self._connection
+        if connection is None:
+            raise AuditWriteError("the audit store is closed")
+        connection.execute("BEGIN IMMEDIATE")
+        return connection
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    async def _commit(self, batch: list[PreparedRecord], *, checkpoint_only: bool = False) -> list[int]:
+        return await self._write(self._write_batch, batch, checkpoint_only)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _head(connection: sqlite3.Connection) -> tuple[int, str]:
+        row = connection.execute("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            row = connection.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone()
+        return (int(row[0]), str(row[1])) if row is not None else (0, GENESIS)
+
+    def _write_batch(self, batch: Sequence[PreparedRecord], checkpoint_only: bool = False) -> list[int]:
+        connection = self._transaction()
+        try:
+            seq, prev = self._head(connection)
+            rows = []
+            seqs = []
+            for prepared in batch:
+                record = prepared.record
+                seq += 1
+                hash_ = chain_hash(seq, prev, prepared.digests_json)
+                rows.append(
+                    (
+                        seq,
+                        record["id"],
+                        record["time"],
+                        _text(record.get("tenant")),
+                        _text(record.get("end_user")),
+                        _text(record.get("model")),
+                        _text(record.get("outcome")),
+                        record.get("status") if isinstance(record.get("status"), int) else None,
+                        prepared.actions,
+                        prepared.categories,
+                        prepared.body,
+                        prepared.digests_json,
+                        prev,
+                        hash_,
+                    )
+                )
+                seqs.append(seq)
+                prev = hash_
+            if rows:
+                connection.executemany(_INSERT, rows)
+                self._review_side_effects(connection, batch)
+            self._maybe_checkpoint(connection, seq, prev, force=checkpoint_only and self._closing)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return seqs
+
+    def _review_side_effects(self, connection: sqlite3.Connection, batch: Sequence[PreparedRecord]) -> None:
+        for prepared in batch:
+            for item in review_rows(prepared):
+                connection.execute(
+                    "INSERT INTO review_items (id, audit_id, tenant, end_user, model, created, image_index, asset,"
+                    " media_type, sha256, verdicts) VALUES (:id, :audit_id, :tenant, :end_user, :model, :created,"
+                    " :image_index, :asset, :media_type, :sha256, :verdicts)",
+                    item,
+                )
+            decision = review_decision(prepared)
+            if decision is not None:
+                record = prepared.record
+                cursor = connection.execute(
+                    "UPDATE review_items SET status = ?, reviewer = ?, decided_at = ?, note = ?, decision_audit_id = ?"
+                    " WHERE id = ? AND status = 'pending'",
+                    (
+                        "approved" if decision["decision"] == "approve" else "rejected",
+                        record.get("key_id"),
+                        record["time"],
+                        decision.get("note"),
+                        record["id"],
+                        decision["item"],
+                    ),
+                )
+                if cursor.rowcount != 1:
+                    raise ReviewConflict(f"review item {decision['item']} is unknown or already decided")
+
+    def _maybe_checkpoint(self, connection: sqlite3.Connection, head_seq: int, head_hash: str, *, force: bool) -> None:
+        if self.signer is None:
+            return
+        row = connection.execute("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        last_seq, last_at = (int(row[0]), float(row[1])) if row else (0, self._checkpoint_at)
+        if not self._checkpoint_due(head_seq, last_seq, last_at, force):
+            return
+        at = time.time()
+        connection.execute(
+            "INSERT OR IGNORE INTO audit_checkpoints (seq, hash, at, key_id, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
+            (head_seq, head_hash, at, self.signer.key_id, self.signer.public_hex, self.signer.sign(head_seq, head_hash, at)),
+        )
+        self._checkpoint_seq, self._checkpoint_at = head_seq, at
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def query(self, query: AuditQuery) -> list[dict[str, Any]]:
+        return await self._read(self._query, query)  # type: ignore[no-any-return]
+
+    def _query(self, query: AuditQuery) -> list[dict[str, Any]]:
+        connection = self._read_connection
+        if connection is None:
+            raise AuditWriteError("the audit store is closed")
+        clauses = ["digests IS NOT NULL"]
+        params: list[Any] = []
+        if query.order == "desc":
+            if query.before_seq is not None:
+                clauses.append("seq < ?")
+                params.append(query.before_seq)
+        else:
+            clauses.append("seq > ?")
+            params.append(query.after_seq)
+        for column, value in (
+            ("tenant", query.tenant),
+            ("end_user", query.end_user),
+            ("model", query.model),
+            ("outcome", query.outcome),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        for column, value in (("actions", query.decision), ("categories", query.category)):
+            if value is not None:
+                clauses.append(f"instr({column}, ?) > 0")
+                params.append(f",{value},")
+        if query.since is not None:
+            clauses.append("ts >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            clauses.append("ts < ?")
+            params.append(query.until)
+        params.append(query.limit)
+        direction = "DESC" if query.order == "desc" else "ASC"
+        rows = connection.execute(
+            f"SELECT seq, record FROM audit_records WHERE {' AND '.join(clauses)} ORDER BY seq {direction} LIMIT ?",
+            params,
+        ).fetchall()
+        return [{**json.loads(record), "seq": seq} for seq, record in rows]
+
+    async def get(self, audit_id: str) -> dict[str, Any] | None:
+        def _get() -> dict[str, Any] | None:
+            assert self._read_connection is not None
+            row = self._read_connection.execute(
+                "SELECT seq, ts, record, digests, prev_hash, hash, deleted_at FROM audit_records WHERE id = ?", (audit_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            seq, ts, body, digests, prev_hash, hash_, deleted_at = row
+            chain = {"seq": seq, "prev_hash": prev_hash, "hash": hash_}
+            if digests is None:
+                return {"id": audit_id, "time": ts, "seq": seq, "deleted": True, "deleted_at": deleted_at, "chain": chain}
+            return {**json.loads(body), "seq": seq, "chain": {**chain, "digests": json.loads(digests)}}
+
+        return await self._read(_get)  # type: ignore[no-any-return]
+
+    async def ping(self) -> bool:
+        try:
+            await self._write(lambda: self._connection is not None and self._connection.execute("SELECT 1"))
+        except Exception:
+            return False
+        return self._connection is not None and not self._closing
+
+    # -- the chain ---------------------------------------------------------------------------------
+
+    async def chain_rows(self, page: int = 2000) -> AsyncIterator[ChainRow]:  # type: ignore[override]
+        """Rows in seq order from one snapshot: a private connection holding one read transaction."""
+        connection: sqlite3.Connection = await self._read(_connect, self.path)
+        try:
+            await self._read(connection.execute, "BEGIN")
+            after = -1
+            while True:
+                rows = await self._read(
+                    lambda after=after: connection.execute(
+                        "SELECT seq, id, ts, record, digests, prev_hash, hash FROM audit_records WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (after, page),
+                    ).fetchall()
+                )
+                if not rows:
+                    return
+                for row in rows:
+                    yield ChainRow(*row)
+                after = rows[-1][0]
+        finally:
+            await self._read(connection.close)
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        def _checkpoints() -> list[Checkpoint]:
+            assert self._read_connection is not None
+            rows = self._read_connection.execute(
+                "SELECT seq, hash, at, key_id, public_key, signature FROM audit_checkpoints ORDER BY seq"
+            ).fetchall()
+            return [Checkpoint(*row) for row in rows]
+
+        return await self._read(_checkpoints)  # type: ignore[no-any-return]
+
+    async def anchor(self) -> Anchor | None:
+        def _anchor() -> Anchor | None:
+            assert self._read_connection is not None
+            row = self._read_connection.execute(
+                "SELECT seq, hash, at, key_id, public_key, signature FROM audit_anchor WHERE id = 1"
+            ).fetchone()
+            return None if row is None else Anchor(*row)
+
+        return await self._read(_anchor)  # type: ignore[no-any-return]
+
+    # -- retention -----------------------------------------------------------------------------------
+
+    async def retention_candidates(self, before: float, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        def _candidates() -> list[dict[str, Any]]:
+            assert self._read_connection is not None
+            rows = self._read_connection.execute(
+                "SELECT seq, record FROM audit_records WHERE digests IS NOT NULL AND seq > ? AND ts < ? ORDER BY seq LIMIT ?",
+                (after_seq, before, limit),
+            ).fetchall()
+            return [{**json.loads(body), "seq": seq} for seq, body in rows]
+
+        return await self._read(_candidates)  # type: ignore[no-any-return]
+
+    async def redact(self, changes: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        def _redact() -> None:
+            connection = self._transaction()
+            try:
+                connection.executemany(
+                    "UPDATE audit_records SET record = ?, end_user = CASE WHEN ? THEN NULL ELSE end_user END"
+                    " WHERE seq = ? AND digests IS NOT NULL",
+                    [(canonical(record), is_redacted(record.get("end_user")), seq) for seq, record in changes],
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+        await self._write(_redact)
+
+    async def tombstone(self, seqs: Sequence[int]) -> None:
+        def _tombstone() -> None:
+            connection = self._transaction()
+            try:
+                now = time.time()
+                connection.executemany(
+                    "DELETE FROM review_items WHERE audit_id = (SELECT id FROM audit_records WHERE seq = ?)",
+                    [(seq,) for seq in seqs],
+                )
+                connection.executemany(
+                    "UPDATE audit_records SET record = ?, digests = NULL, tenant = NULL, end_user = NULL, model = NULL,"
+                    " outcome = NULL, status = NULL, actions = NULL, categories = NULL, deleted_at = ? WHERE seq = ?",
+                    [(TOMBSTONE, now, seq) for seq in seqs],
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+        await self._write(_tombstone)
+
+    async def compact(self, signer: CheckpointSigner) -> int:
+        def _compact() -> int:
+            connection = self._transaction()
+            try:
+                first_live = connection.execute("SELECT min(seq) FROM audit_records WHERE digests IS NOT NULL").fetchone()[0]
+                bound = first_live if first_live is not None else (self._head(connection)[0] + 1)
+                last = connection.execute(
+                    "SELECT seq, hash FROM audit_records WHERE seq < ? ORDER BY seq DESC LIMIT 1", (bound,)
+                ).fetchone()
+                if last is None:
+                    connection.execute("COMMIT")
+                    return 0
+                seq, hash_ = int(last[0]), str(last[1])
+                at = time.time()
+                connection.execute(
+                    "INSERT OR REPLACE INTO audit_anchor (id, seq, hash, at, key_id, public_key, signature)"
+                    " VALUES (1, ?, ?, ?, ?, ?, ?)",
+                    (seq, hash_, at, signer.key_id, signer.public_hex, signer.sign(seq, hash_, at)),
+                )
+                removed = connection.execute("DELETE FROM audit_records WHERE seq <= ?", (seq,)).rowcount
+                connection.execute("COMMIT")
+                return int(removed)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+        return await self._write(_compact)  # type: ignore[no-any-return]
+
+    # -- the review queue ------------------------------------------------------------------------------
+
+    async def review_items(self, query: ReviewQuery) -> list[dict[str, Any]]:
+        def _items() -> list[dict[str, Any]]:
+            assert self._read_connection is not None
+            clauses, params = ["1 = 1"], []
+            if query.tenant is not None:
+                clauses.append("tenant = ?")
+                params.append(query.tenant)
+            if query.status is not None:
+                clauses.append("status = ?")
+                params.append(query.status)
+            if query.audit_id is not None:
+                clauses.append("audit_id = ?")
+                params.append(query.audit_id)
+            if query.after is not None:
+                clauses.append("(created, id) > (SELECT created, id FROM review_items WHERE id = ?)")
+                params.append(query.after)
+            rows = self._read_connection.execute(
+                f"SELECT {_REVIEW_COLUMNS} FROM review_items WHERE {' AND '.join(clauses)} ORDER BY created, id LIMIT ?",
+                [*params, query.limit],
+            ).fetchall()
+            return [_review_dict(row) for row in rows]
+
+        return await self._read(_items)  # type: ignore[no-any-return]
+
+    async def review_item(self, item_id: str) -> dict[str, Any] | None:
+        def _item() -> dict[str, Any] | None:
+            assert self._read_connection is not None
+            row = self._read_connection.execute(f"SELECT {_REVIEW_COLUMNS} FROM review_items WHERE id = ?", (item_id,)).fetchone()
+            return None if row is None else _review_dict(row)
+
+        return await self._read(_item)  # type: ignore[no-any-return]
+
+    async def forget_review_assets(self, audit_ids: Sequence[str]) -> list[str]:
+        def _forget() -> list[str]:
+            connection = self._transaction()
+            try:
+                names: list[str] = []
+                for audit_id in audit_ids:
+                    rows = connection.execute(
+                        "SELECT asset FROM review_items WHERE audit_id = ? AND asset IS NOT NULL", (audit_id,)
+                    ).fetchall()
+                    names.extend(row[0] for row in rows)
+                    connection.execute("UPDATE review_items SET asset = NULL WHERE audit_id = ?", (audit_id,))
+                connection.execute("COMMIT")
+                return names
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+        return await self._write(_forget)  # type: ignore[no-any-return]
