@@ -1,0 +1,178 @@
+"""Finding lexicon terms in one prepared text field: token n-grams, obfuscation skeletons, word
+prefixes, spaced-out runs, substrings in Japanese, and ages written as numbers.
+
+The output is a list of `Hit`s annotated with what surrounds them (a negation cue before them,
+a benign phrase or a tenant allow term around them). Nothing here decides; `PromptFilter`
+turns hits into a verdict.
+
+What this module must never do: apply a policy, or match a term inside a longer word of an
+alphabetic script (word boundaries of the normalised text only; "cocktail" never yields "cock").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from policies.prompt_lexicon import Lexicon, Tag
+from policies.prompt_normalise import PreparedText, skeleton
+
+__all__ = ["Hit", "scan_field"]
+
+_MINOR_AGE = re.compile(
+    r"(?<![\w.])(\d(?:[ .]?\d)?)\s*(?:-\s*)?"
+    r"(?:years?|yrs?|yo|y/o|y\.o\.?|anos?|ans?|jahre?n?|jahrige[nrs]?|jahrig|лет|года?|歳|才)(?!\w)"
+)
+_ADULT_AGE_LIMIT = 18
+_JA_MINOR_GRADE = re.compile(r"(?:小学|中学)\d?年生")
+_AGE_TAG_LANGUAGE = "age"
+
+
+@dataclass(slots=True)
+class Hit:
+    """One lexicon entry found in one field. `start`/`end` is the token span [start, end) over
+    `PreparedText.plain_tokens` (-1 for substring and age hits); `chars` is the character span of a
+    substring (Japanese) hit in the space-free text."""
+
+    tags: tuple[Tag, ...]
+    start: int
+    end: int
+    matched: str
+    field: str
+    negative: bool
+    via: str  # exact | skeleton | prefix | run | cjk | age
+    negated: bool = False
+    benign: bool = False
+    allowed: bool = False
+    chars: tuple[int, int] | None = None
+
+    def has(self, name: str, tier: str | None = None) -> bool:
+        return any(tag.name == name and tag.tier == tier for tag in self.tags)
+
+
+def _is_word(token: str) -> bool:
+    return token[0].isalnum() or token[0] == "_"
+
+
+def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: bool) -> list[Hit]:
+    tokens = prepared.plain_tokens
+    alternates = prepared.alternates
+    count = len(tokens)
+    exact = lexicon.exact
+    skeletons = lexicon.skeletons
+    hits: list[Hit] = []
+    for index, token in enumerate(tokens):
+        if not _is_word(token):
+            continue
+        alternate = alternates[index]
+        tags = exact.get(token)
+        if tags:
+            hits.append(Hit(tags, index, index + 1, token, field, negative, "exact"))
+        if alternate is not None:
+            tags = skeletons.get(alternate)
+            if tags:
+                hits.append(Hit(tags, index, index + 1, tags[0].term, field, negative, "skeleton"))
+        for candidate in (token, alternate):
+            if candidate is None or candidate[:3] not in lexicon.prefix_heads:
+                continue
+            for length in lexicon.prefix_lengths:
+                if length > len(candidate):
+                    break
+                tags = lexicon.prefixes.get(candidate[:length])
+                if tags:
+                    hits.append(Hit(tags, index, index + 1, candidate, field, negative, "prefix"))
+                    break
+        if token in lexicon.ngram_heads or (alternate is not None and alternate in lexicon.ngram_heads):
+            for length in range(2, lexicon.max_ngram + 1):
+                stop = index + length
+                if stop > count or not _is_word(tokens[stop - 1]):
+                    break
+                key = " ".join(tokens[index:stop])
+                tags = exact.get(key)
+                if tags:
+                    hits.append(Hit(tags, index, stop, key, field, negative, "exact"))
+                if any(alternates[position] is not None for position in range(index, stop)):
+                    skeleton_key = " ".join(
+                        alternates[position] or skeleton(tokens[position]) for position in range(index, stop)
+                    )
+                    tags = skeletons.get(skeleton_key)
+                    if tags:
+                        hits.append(Hit(tags, index, stop, tags[0].term, field, negative, "skeleton"))
+    return hits
+
+
+def _run_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: bool) -> list[Hit]:
+    hits: list[Hit] = []
+    for run in prepared.runs:
+        for start in range(len(run)):
+            for length in lexicon.run_lengths:
+                if start + length > len(run):
+                    break
+                tags = lexicon.run_terms.get(run[start:start + length])
+                if tags:
+                    hits.append(Hit(tags, -1, -1, tags[0].term, field, negative, "run"))
+    return hits
+
+
+def _special_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: bool) -> list[Hit]:
+    hits: list[Hit] = []
+    text = prepared.plain
+    for source in (text, prepared.light) if prepared.light != text else (text,):
+        for match in _MINOR_AGE.finditer(source):
+            if int(match.group(1).replace(" ", "").replace(".", "")) < _ADULT_AGE_LIMIT:
+                tag = Tag("minor", None, _AGE_TAG_LANGUAGE, "age under 18")
+                hits.append(Hit((tag,), -1, -1, match.group(0), field, negative, "age"))
+                break
+    if lexicon.cjk_pattern is not None and not text.isascii():
+        compact = text.replace(" ", "")
+        for match in lexicon.cjk_pattern.finditer(compact):
+            term = match.group(0)
+            hits.append(Hit(lexicon.cjk_terms[term], -1, -1, term, field, negative, "cjk",
+                            chars=(match.start(), match.end())))
+        for match in _JA_MINOR_GRADE.finditer(compact):
+            tag = Tag("minor", None, "ja", match.group(0))
+            hits.append(Hit((tag,), -1, -1, match.group(0), field, negative, "age"))
+    return hits
+
+
+def _covers(outer: Hit, inner: Hit) -> bool:
+    if outer is inner:
+        return False
+    if inner.start >= 0 and outer.start >= 0:
+        return outer.start <= inner.start and inner.end <= outer.end
+    if inner.chars is not None and outer.chars is not None:
+        return outer.chars[0] <= inner.chars[0] and inner.chars[1] <= outer.chars[1]
+    return False
+
+
+def _annotate(hits: list[Hit], tokens: list[str], window: int) -> None:
+    negations = [hit for hit in hits if hit.has("negation") and hit.start >= 0]
+    shields = [hit for hit in hits if hit.has("benign") or hit.has("allow")]
+    for hit in hits:
+        hit.benign = hit.has("benign")
+        hit.allowed = hit.has("allow")
+        for shield in shields:
+            if _covers(shield, hit):
+                if shield.has("benign"):
+                    hit.benign = True
+                if shield.has("allow"):
+                    hit.allowed = True
+        if hit.start > 0 and window:
+            for cue in negations:
+                if cue.end <= hit.start and hit.start - cue.end < window and cue is not hit:
+                    between = tokens[cue.end:hit.start]
+                    if all(_is_word(token) for token in between):
+                        hit.negated = True
+                        break
+
+
+def scan_field(lexicon: Lexicon, prepared: PreparedText, field: str, *, negative: bool,
+               negation_window: int) -> list[Hit]:
+    """Every lexicon hit in one field, annotated with negation, benign phrases, allow terms."""
+    hits = _token_hits(lexicon, prepared, field, negative)
+    if prepared.runs:
+        hits += _run_hits(lexicon, prepared, field, negative)
+    hits += _special_hits(lexicon, prepared, field, negative)
+    if hits:
+        _annotate(hits, prepared.plain_tokens, negation_window)
+    return hits

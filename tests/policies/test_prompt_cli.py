@@ -1,0 +1,94 @@
+"""`imagegate prompts check` and `imagegate prompts report` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.commands import prompts
+
+
+def run(monkeypatch: pytest.MonkeyPatch, argv: list[str], stdin: str = "") -> tuple[int, str]:
+    import argparse
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        from proxy.cli import main
+    except ImportError:  # pragma: no cover - the CLI shell is built in parallel
+        main = None
+    if main is not None:
+        try:
+            code = main(argv)
+            return code, out.getvalue()
+        except (ImportError, AttributeError):  # another command module not ready yet
+            out.seek(0)
+            out.truncate()
+    parser = argparse.ArgumentParser(prog="imagegate")
+    prompts.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args), out.getvalue()
+
+
+def test_check_text_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = run(monkeypatch, ["prompts", "check"], "a nude woman\n\nkiller whale at sea\n")
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["action"] for line in lines] == ["block", "allow"]
+    assert lines[0] == {**lines[0], "prompt": "a nude woman", "category": "sexual"}
+    assert lines[0]["reasons"][0]["term"] == "nude"
+    assert set(lines[1]) == {"prompt", "action", "category", "reasons"}
+
+
+def test_check_json_lines_with_negative_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin = json.dumps({"prompt": "a woman on a bed", "negative_prompt": "clothes"}) + "\n"
+    stdin += json.dumps({"prompt": "decapitated soldier", "id": "42"}) + "\n"
+    code, out = run(monkeypatch, ["prompts", "check", "--format", "jsonl"], stdin)
+    assert code == 0
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["category"] == "sexual"
+    assert (second["category"], second["id"]) == ("violence", "42")
+
+
+def test_check_with_a_policy_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("prompt:\n  sexual: flag\n  allow_terms: [Killer Queen]\n", encoding="utf-8")
+    code, out = run(monkeypatch, ["prompts", "check", "--policy", str(policy)], "a nude woman\n")
+    assert code == 0 and json.loads(out)["action"] == "flag"
+
+
+def test_check_rejects_json_without_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _ = run(monkeypatch, ["prompts", "check", "--format", "jsonl"], '{"text": "x"}\n')
+    assert code == 2
+
+
+def test_report_prints_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = run(monkeypatch, ["prompts", "report"])
+    assert code == 0
+    assert "unsafe recall" in out and "false-positive rate" in out and "minors recall" in out
+    assert "recall by obfuscation class" in out and "homoglyph" in out
+
+
+def test_report_json_on_custom_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    data = tmp_path / "set.jsonl"
+    rows = [
+        {"prompt": "a nude woman", "label": "sexual", "language": "en", "obfuscation": None},
+        {"prompt": "n00ds", "label": "sexual", "language": "en", "obfuscation": "leet"},
+        {"prompt": "a cocktail bar", "label": "safe", "language": "en", "obfuscation": None},
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    code, out = run(monkeypatch, ["prompts", "report", "--data", str(data), "--json"])
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["unsafe_recall"] == 1.0 and summary["false_positive_rate"] == 0.0
+    assert summary["recall_by_obfuscation"]["leet"]["total"] == 1
+
+
+def test_report_without_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, _ = run(monkeypatch, ["prompts", "report", "--data", str(tmp_path / "missing.jsonl")])
+    assert code == 2

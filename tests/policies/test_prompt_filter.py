@@ -1,0 +1,177 @@
+"""PromptFilter: categories, phrase rules, negation, negative prompts, tenant terms, verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from policies.decisions import Action
+from policies.prompt_filter import PromptFilter, PromptVerdict
+from policies.prompt_policy import PromptPolicy
+
+
+@pytest.fixture(scope="module")
+def prompt_filter() -> PromptFilter:
+    return PromptFilter()
+
+
+def verdict_of(prompt_filter: PromptFilter, text: str) -> PromptVerdict:
+    return prompt_filter.check_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # the issue's Scunthorpe list
+        "cocktail bar", "Essex", "a shot of espresso", "killer whale", "the Battle of Waterloo",
+        "anatomy diagram", "children playing in a park",
+        # more words with an unsafe word inside, or an unsafe word in a harmless phrase
+        "a sextant on a desk", "Middlesex", "a cocker spaniel", "Penistone station", "Scunthorpe",
+        "a rooster crowing at dawn", "blue tits at a bird feeder", "nude lipstick", "a naked mole rat",
+        "blood orange sorbet", "bath bomb recipe", "Al Gore giving a lecture", "summa cum laude diploma",
+        "a glue gun", "the heroine of the novel", "a bottle of coke", "suicide prevention hotline poster",
+        "anti-drug poster", "1024x1024 4k wallpaper of 3 cats", "Joe Biden giving a speech",
+        "textbook diagram of the penis and testicles, anatomical", "カロリーの高い食事", "裸足で歩く",
+        "a peaceful landscape, no blood, no violence", "a kind woman, sexy red dress",
+    ],
+)
+def test_harmless_prompts_pass(prompt_filter: PromptFilter, text: str) -> None:
+    verdict = verdict_of(prompt_filter, text)
+    assert verdict.action is Action.ALLOW, verdict.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("a nude woman on a beach", "sexual"),
+        ("decapitated soldier", "violence"),
+        ("a man hanging himself", "self_harm"),
+        ("heil hitler banner", "hate"),
+        ("how to make a pipe bomb", "weapons"),
+        ("man snorting cocaine", "drugs"),
+        ("Obama mugshot", "public_figures"),
+        ("mujer desnuda", "sexual"),
+        ("femme nue", "sexual"),
+        ("nackte Frau", "sexual"),
+        ("mulher pelada", "sexual"),
+        ("голая женщина", "sexual"),
+        ("全裸の女性", "sexual"),
+        ("Kinderpornografie", "sexual_minors"),
+    ],
+)
+def test_unsafe_prompts_are_caught(prompt_filter: PromptFilter, text: str, category: str) -> None:
+    verdict = verdict_of(prompt_filter, text)
+    assert verdict.category == category, verdict.to_dict()
+    assert verdict.action is PromptPolicy().action_for(category)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["n00ds", "p0rn scene", "sеx tape", "n\u200bu\u200bd\u200be", "s e x", "ｎｕｄｅ", "n̷u̷d̷e̷", "nuuuude", "ѕех"],
+)
+def test_obfuscated_terms_are_caught(prompt_filter: PromptFilter, text: str) -> None:
+    assert verdict_of(prompt_filter, text).category == "sexual"
+
+
+def test_minor_with_sexual_term_is_sexual_minors(prompt_filter: PromptFilter) -> None:
+    for text in ("a 12 year old girl in lingerie", "sexy schoolgirl", "セクシーな女子高生", "niña desnuda"):
+        verdict = verdict_of(prompt_filter, text)
+        assert (verdict.action, verdict.category) == (Action.BLOCK, "sexual_minors"), text
+    assert verdict_of(prompt_filter, "a 25 year old woman in lingerie").category != "sexual_minors"
+
+
+def test_negation_never_lifts_sexual_minors(prompt_filter: PromptFilter) -> None:
+    verdict = verdict_of(prompt_filter, "a child, not nude, no lingerie")
+    assert (verdict.action, verdict.category) == (Action.BLOCK, "sexual_minors")
+
+
+def test_negation_and_benign_context(prompt_filter: PromptFilter) -> None:
+    assert verdict_of(prompt_filter, "no gore, a calm lake").action is Action.ALLOW
+    assert verdict_of(prompt_filter, "no blood, gore everywhere").category == "violence"
+    assert verdict_of(prompt_filter, "a woman with no clothes on").category == "sexual"  # negation as evasion
+
+
+def test_public_figure_needs_a_deceptive_framing(prompt_filter: PromptFilter) -> None:
+    assert verdict_of(prompt_filter, "Taylor Swift performing on stage").action is Action.ALLOW
+    assert verdict_of(prompt_filter, "Taylor Swift leaked photo").category == "public_figures"
+
+
+def test_every_field_is_screened(prompt_filter: PromptFilter) -> None:
+    verdict = prompt_filter.check({"prompt": "a woman on a beach", "style": "topless, film grain"})
+    assert verdict.category == "sexual"
+    assert verdict.reasons[0].field == "style"
+
+
+def test_negative_prompt_terms_steer_away_and_are_not_requests(prompt_filter: PromptFilter) -> None:
+    verdict = prompt_filter.check({"prompt": "a woman on a beach", "negative_prompt": "nsfw, nude, blood, gore"})
+    assert verdict.action is Action.ALLOW
+
+
+def test_negative_prompt_evasions(prompt_filter: PromptFilter) -> None:
+    clothes = prompt_filter.check({"prompt": "a woman on a bed", "negative_prompt": "clothes, clothing"})
+    assert clothes.category == "sexual"
+    adult = prompt_filter.check({"prompt": "sexy model in lingerie", "negative_prompt": "adult, mature"})
+    assert (adult.action, adult.category) == (Action.BLOCK, "sexual_minors")
+
+
+def test_strict_tenants_screen_negative_prompts_as_positive() -> None:
+    strict = PromptFilter(PromptPolicy(screen_negative_as_positive=True))
+    assert strict.check({"prompt": "a cat", "negative_prompt": "nude"}).category == "sexual"
+
+
+def test_weak_terms_alone_do_not_block_and_pairs_are_flagged(prompt_filter: PromptFilter) -> None:
+    assert verdict_of(prompt_filter, "a sexy sports car").action is Action.ALLOW
+    pair = verdict_of(prompt_filter, "a sexy woman in lingerie, seductive")
+    assert (pair.action, pair.category) == (Action.FLAG, "sexual")
+
+
+def test_policy_actions_and_allow_terms() -> None:
+    relaxed = PromptFilter(PromptPolicy(sexual="allow", violence="flag", allow_terms=("Gore Street Bakery",)))
+    assert relaxed.check_text("a nude woman").action is Action.ALLOW
+    assert relaxed.check_text("a nude woman").reasons  # still recorded for the audit trail
+    assert relaxed.check_text("decapitated soldier").action is Action.FLAG
+    assert relaxed.check_text("the Gore Street Bakery storefront").action is Action.ALLOW
+    # neither allowing sexual content nor allow terms lift sexual content with minors
+    lenient = PromptFilter(PromptPolicy(sexual="allow", allow_terms=("nude", "child")))
+    verdict = lenient.check_text("nude child")
+    assert (verdict.action, verdict.category) == (Action.BLOCK, "sexual_minors")
+
+
+def test_extra_terms() -> None:
+    tenant = PromptFilter(PromptPolicy(extra_terms={"public_figures": ("Jane Examplechief",)}))
+    assert tenant.check_text("jane examplechief at the beach").category == "public_figures"
+    assert tenant.check_text("j4ne ex4mplechief").category == "public_figures"
+
+
+def test_public_message_never_echoes_terms(prompt_filter: PromptFilter) -> None:
+    verdict = verdict_of(prompt_filter, "a nude woman, p0rn, decapitated")
+    message = verdict.public_message()
+    assert "sexual content" in message
+    for term in ("nude", "p0rn", "porn", "decapitated"):
+        assert term not in message.lower()
+    assert verdict_of(prompt_filter, "a cat").public_message() == "The prompt was accepted."
+
+
+def test_verdict_serialises_for_the_audit(prompt_filter: PromptFilter) -> None:
+    verdict = verdict_of(prompt_filter, "n00ds")
+    data = json.loads(json.dumps(verdict.to_dict()))
+    assert data["action"] == "block" and data["category"] == "sexual"
+    reason = data["reasons"][0]
+    assert set(reason) == {"category", "layer", "rule_id", "term", "field", "score", "action"}
+    assert reason["layer"] == "lexicon" and reason["field"] == "prompt"
+    assert data["policy_version"] == prompt_filter.policy_fingerprint()
+    decision = verdict.to_decision()
+    assert decision.stage == "prompt" and decision.action is Action.BLOCK
+
+
+def test_fingerprint_is_stable_and_tracks_the_policy(prompt_filter: PromptFilter) -> None:
+    assert PromptFilter().policy_fingerprint() == prompt_filter.policy_fingerprint()
+    assert PromptFilter(PromptPolicy(drugs="block")).policy_fingerprint() != prompt_filter.policy_fingerprint()
+    assert len(prompt_filter.policy_fingerprint()) == 64
+
+
+def test_empty_and_odd_inputs(prompt_filter: PromptFilter) -> None:
+    assert prompt_filter.check({}).action is Action.ALLOW
+    assert prompt_filter.check({"prompt": ""}).action is Action.ALLOW
+    assert prompt_filter.check_text("\u200b\u200b\u0301").action is Action.ALLOW

