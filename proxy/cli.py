@@ -16,9 +16,11 @@ COMMAND_MODULES: list[str] = [
     "proxy.commands.serve",
     "proxy.commands.audit",
     "proxy.commands.demo",
+    "proxy.commands.classify",
     "proxy.commands.keys",
     "proxy.commands.provenance",
     "proxy.commands.licenses",
+    "proxy.commands.prompts",
 ]
 
 

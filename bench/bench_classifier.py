@@ -1,0 +1,237 @@
+"""Benchmark of the image classifier on the real ViT-B-32 architecture (random weights, same cost).
+
+Measures images per second for one-at-a-time classification versus the batching runner under 8 and
+32 concurrent asyncio requests, the runner versus a bare `model.encode_image` loop on the very same
+batches, and the event loop's lag meanwhile (a ticker coroutine that sleeps 1 ms and records how
+late it wakes). Prints a table with ratios. Targets from issue 4: batching >= 1.5x one-at-a-time,
+runner within 10% of the bare loop, loop lag p99 < 20 ms.
+
+Run: python3 bench/bench_classifier.py [--images 64] [--single 16] [--rounds 3] [--threads 2]
+It must never be imported by tests or make timed assertions; it only reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from classifiers.classifier import ImageClassifier, load_classifier  # noqa: E402
+from classifiers.errors import ImageDecodeError  # noqa: E402
+from classifiers.runner import BatchingRunner  # noqa: E402
+from classifiers.settings import ClassifierSettings  # noqa: E402
+from classifiers.verdict import ImageVerdict  # noqa: E402
+
+
+def make_images(count: int, size: int, seed: int = 0) -> list[bytes]:
+    """Distinct PNGs: smooth colour gradients plus noise (realistic decode cost, not all-constant)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    images = []
+    for _ in range(count):
+        a, b, c = rng.uniform(0, 255, 3), rng.uniform(-200, 200, 3), rng.uniform(-200, 200, 3)
+        pixels = a + b * xs[..., None] + c * ys[..., None] + rng.normal(0, 12, (size, size, 3))
+        out = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, format="PNG")
+        images.append(out.getvalue())
+    return images
+
+
+class RecordingClassifier:
+    """Passes batches to the real classifier and remembers each batch's images."""
+
+    def __init__(self, inner: ImageClassifier) -> None:
+        self.inner = inner
+        self.batches: list[list[bytes]] = []
+
+    def classify_outcomes(self, images: Sequence[bytes]) -> list[ImageVerdict | ImageDecodeError]:
+        self.batches.append(list(images))
+        return self.inner.classify_outcomes(images)
+
+
+@dataclass
+class RunnerResult:
+    concurrency: int
+    images: int
+    seconds: float
+    batches: list[list[bytes]]
+    lag_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+async def ticker(lags: list[float], stop: asyncio.Event, interval: float = 0.001) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        expected = loop.time() + interval
+        await asyncio.sleep(interval)
+        lags.append(max(0.0, (loop.time() - expected) * 1000.0))
+
+
+async def run_runner(
+    classifier: ImageClassifier, images: list[bytes], concurrency: int, max_batch: int, max_wait_ms: float
+) -> RunnerResult:
+    recording = RecordingClassifier(classifier)
+    runner = BatchingRunner(recording, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    await runner.start()
+    await runner.classify(images[0])  # warm the worker thread
+    recording.batches.clear()
+    queue = list(reversed(images))
+    lags: list[float] = []
+    stop = asyncio.Event()
+    tick = asyncio.create_task(ticker(lags, stop))
+
+    async def client() -> None:
+        while queue:
+            await runner.classify(queue.pop())
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    stop.set()
+    await tick
+    await runner.close()
+    return RunnerResult(concurrency, len(images), seconds, recording.batches, lags)
+
+
+def bare_encode_seconds(classifier: ImageClassifier, batches: list[list[bytes]]) -> float:
+    """A bare `model.encode_image` loop on the same batches: decode and preprocess not timed."""
+    loaded = classifier.loaded
+    tensors = [torch.stack([loaded.preprocess(classifier.decode(data)) for data in batch]) for batch in batches]
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for pixels in tensors:
+            loaded.model.encode_image(pixels)  # type: ignore[operator]
+    return time.perf_counter() - started
+
+
+def direct_batch_seconds(classifier: ImageClassifier, batches: list[list[bytes]]) -> float:
+    """`classify_batch` called directly on the same batches (decode + preprocess + encode + score)."""
+    started = time.perf_counter()
+    for batch in batches:
+        classifier.classify_batch(batch)
+    return time.perf_counter() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def summarise(values: list[float]) -> str:
+    return f"{statistics.median(values):7.2f} (best {max(values):6.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64, help="images per runner scenario and round")
+    parser.add_argument("--single", type=int, default=16, help="images for the one-at-a-time baselines")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per scenario (median and best reported)")
+    parser.add_argument("--size", type=int, default=256, help="side of the synthetic PNGs")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    args = parser.parse_args()
+
+    settings = ClassifierSettings(
+        model="ViT-B-32", pretrained=None, allow_random_weights=True, torch_threads=args.threads, batch_size=args.max_batch
+    )
+    t0 = time.perf_counter()
+    classifier = load_classifier(settings)
+    print(
+        f"model {classifier.model_label}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"{os.cpu_count()} CPUs, loaded in {time.perf_counter() - t0:.1f}s, load average {os.getloadavg()[0]:.2f}; "
+        f"{'UNCALIBRATED' if not classifier.calibrated else 'calibrated'} (benchmark only)"
+    )
+    images = make_images(max(args.images, args.single), args.size)
+    for size in sorted({1, min(8, args.max_batch), args.max_batch}):  # warm every batch shape
+        classifier.classify_batch(images[:size])
+
+    single_rates: list[float] = []
+    runner_single: list[RunnerResult] = []
+    scenario: dict[int, list[tuple[float, float, float, RunnerResult]]] = {c: [] for c in args.concurrency}
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        for data in images[: args.single]:
+            classifier.classify_batch([data])
+        single_rates.append(args.single / (time.perf_counter() - started))
+        runner_single.append(asyncio.run(run_runner(classifier, images[: args.single], 8, 1, 0.0)))
+        for concurrency in args.concurrency:
+            result = asyncio.run(
+                run_runner(classifier, images[: args.images], concurrency, args.max_batch, args.max_wait_ms)
+            )
+            bare = bare_encode_seconds(classifier, result.batches)
+            direct = direct_batch_seconds(classifier, result.batches)
+            scenario[concurrency].append((result.rate, result.images / bare, result.images / direct, result))
+
+    def per_round(numerators: list[float], denominators: list[float]) -> str:
+        ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
+        return f"{statistics.median(ratios):.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+
+    rows: list[tuple[str, str]] = []
+    rows.append(("one-at-a-time, direct classify_batch([x])", f"{summarise(single_rates)} img/s"))
+    rates = [r.rate for r in runner_single]
+    lags = [lag for r in runner_single for lag in r.lag_ms]
+    rows.append(
+        (
+            "one-at-a-time via runner (max_batch=1, 8 clients)",
+            f"{summarise(rates)} img/s   vs direct {per_round(rates, single_rates)}   "
+            f"loop lag p50 {percentile(lags, 50):.1f} ms, p99 {percentile(lags, 99):.1f} ms",
+        )
+    )
+    for concurrency, results in scenario.items():
+        runner_rates = [r[0] for r in results]
+        bare_rates = [r[1] for r in results]
+        direct_rates = [r[2] for r in results]
+        sizes = [len(batch) for r in results for batch in r[3].batches]
+        lags = [lag for r in results for lag in r[3].lag_ms]
+        rows.append(
+            (
+                f"runner, {concurrency} concurrent (max_batch={args.max_batch}, wait {args.max_wait_ms:g} ms)",
+                f"{summarise(runner_rates)} img/s   mean batch {statistics.mean(sizes):.1f}",
+            )
+        )
+        rows.append(("    speed-up over one-at-a-time (same round)", per_round(runner_rates, single_rates)))
+        rows.append(
+            ("    same batches, bare model.encode_image loop", f"{summarise(bare_rates)} img/s   runner/bare {per_round(runner_rates, bare_rates)}")
+        )
+        rows.append(
+            (
+                "    same batches, classify_batch direct (no runner)",
+                f"{summarise(direct_rates)} img/s   runner/direct {per_round(runner_rates, direct_rates)}",
+            )
+        )
+        rows.append(
+            (
+                "    event-loop lag meanwhile (1 ms ticker)",
+                f"p50 {percentile(lags, 50):.1f} ms, p99 {percentile(lags, 99):.1f} ms, "
+                f"max {max(lags, default=float('nan')):.1f} ms ({len(lags)} ticks)",
+            )
+        )
+    width = max(len(name) for name, _ in rows)
+    print(f"{args.rounds} rounds; img/s as median (best); ratios: median of per-round ratios; load average now {os.getloadavg()[0]:.2f}")
+    print(f"{'scenario'.ljust(width)}  result")
+    print("-" * (width + 80))
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+
+
+if __name__ == "__main__":
+    main()
