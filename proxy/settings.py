@@ -240,6 +240,9 @@ def embedded_default() -> dict[str, Any]:
     return {
         "providers": {"demo": {"kind": "demo", "models": list(DEMO_MODELS), "delay_s": 0.0}},
         "default_model": "gpt-image-1",
+        # The demo runs where no CLIP weights may be cached: use them if they are, never download
+        # them silently, and record `skipped` (with the reason) on every request when they are not.
+        "classifier": {"required": False, "offline": True},
     }
 
 

@@ -38,6 +38,8 @@ def make_settings(tmp_path: Path, upstream_url: str | None = None, **overrides: 
         "server": {"data_dir": str(tmp_path / "data")},
         "providers": providers,
         "passthrough_provider": "openai" if upstream_url else None,
+        # No CLIP weights here: tests that classify build a tiny model and configure it themselves.
+        "classifier": {"enabled": False, "required": False},
         "tenants": {
             "acme": {"api_key_sha256": [digest(TENANT_KEY)], "admin_key_sha256": [digest(ADMIN_KEY)]},
             "globex": {"api_key_sha256": [digest(OTHER_TENANT_KEY)], "audit_prompts": "hash"},

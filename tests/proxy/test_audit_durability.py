@@ -59,6 +59,7 @@ async def test_no_acknowledged_record_is_lost_when_the_server_is_killed(backend:
                 "server": {"data_dir": str(tmp_path / "data"), "port": port, "log_level": "warning"},
                 "providers": {"demo": {"kind": "demo", "models": ["demo"]}},
                 "default_model": "demo",
+                "classifier": {"enabled": False, "required": False},  # no CLIP weights offline
                 "tenants": {"acme": {"api_key_sha256": [digest(TENANT_KEY)]}},
                 "audit": audit,
             }

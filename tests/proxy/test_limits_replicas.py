@@ -39,6 +39,8 @@ def config(tmp_path: Path, name: str, port: int, upstream_url: str, prefix: str)
             "openai": {"kind": "openai", "base_url": upstream_url, "api_key_env": "IMAGEGATE_TEST_UPSTREAM_KEY",
                        "models": ["gpt-image-1"], "timeout_s": 10},
         },
+        # The CLIP model is not under test here and its weights cannot be downloaded offline.
+        "classifier": {"enabled": False, "required": False},
         "tenants": {
             "acme": {
                 "api_key_sha256": [hashlib.sha256(TENANT_KEY.encode()).hexdigest()],
