@@ -13,6 +13,7 @@ audit record, written before the response is released; if it cannot be written, 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 import re
 from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -32,7 +33,7 @@ from .admin.review import retain_images
 from .audit_record import build_record, exchange_outcome, new_audit_id
 from .errors import AuditUnavailableError, ImagegateError, InvalidRequestError
 from . import provenance_api
-from .exchange import Exchange, new_request_id
+from .exchange import Exchange, Operation, new_request_id
 from .fetch import SafeFetcher, public_only
 from .jobs import JobRunner, MemoryJobStore
 from .metrics import Metrics
@@ -318,20 +319,30 @@ def surface_handler(surface: Surface, route: SurfaceRoute) -> Callable[[web.Requ
     return handler
 
 
+def base_exchange(request: web.Request, operation: Operation, **fields: Any) -> Exchange:
+    """An exchange with what every route records: request id, client, policy version, audit id."""
+    exchange = Exchange(
+        route=request.path,
+        operation=operation,
+        request_id=request[REQUEST_ID],
+        client_address=request.remote,
+        policy_version=request.app[GATEWAY].policy_version,
+        **fields,
+    )
+    exchange.audit_id = new_audit_id()
+    return exchange
+
+
 def new_exchange(request: web.Request, surface: Surface, route: SurfaceRoute) -> Exchange:
     """The exchange for one image request on `surface`, its body read later by the read-request stage."""
     gateway = request.app[GATEWAY]
     settings = gateway.settings
-    exchange = Exchange(
-        route=request.path,
-        operation="edit" if route.kind == "edit" or route.options.get("operation") == "edit" else "generate",
-        request_id=request[REQUEST_ID],
-        client_address=request.remote,
+    exchange = base_exchange(
+        request,
+        "edit" if route.kind == "edit" or route.options.get("operation") == "edit" else "generate",
         credential=surface.credential(request),
         end_user_header=request.headers.get("X-Imagegate-User"),
-        policy_version=gateway.policy_version,
     )
-    exchange.audit_id = new_audit_id()
     if request.headers.get("X-Imagegate-Use-Case"):
         exchange.notes["use_case"] = request.headers["X-Imagegate-Use-Case"][:128]
     if request.headers.get("Idempotency-Key") and surface.name == "openai":
@@ -468,14 +479,7 @@ async def asset_handler(request: web.Request) -> web.StreamResponse:
 
 async def passthrough_handler(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    exchange = Exchange(
-        route=request.path,
-        operation="passthrough",
-        request_id=request[REQUEST_ID],
-        client_address=request.remote,
-        policy_version=gateway.policy_version,
-    )
-    exchange.audit_id = new_audit_id()
+    exchange = base_exchange(request, "passthrough")
     try:
         exchange.caller = gateway.authenticate.identify(bearer_token(request))
         if gateway.passthrough is None:
@@ -496,14 +500,7 @@ async def passthrough_handler(request: web.Request) -> web.StreamResponse:
 async def verify_handler(request: web.Request) -> web.StreamResponse:
     """`POST /v1/provenance/verify`: Content Credentials reports for uploaded or linked images."""
     gateway = request.app[GATEWAY]
-    exchange = Exchange(
-        route=request.path,
-        operation="verify",
-        request_id=request[REQUEST_ID],
-        client_address=request.remote,
-        policy_version=gateway.policy_version,
-    )
-    exchange.audit_id = new_audit_id()
+    exchange = base_exchange(request, "verify")
     try:
         exchange.caller = gateway.authenticate.identify(bearer_token(request))
         sources = await provenance_api.read_sources(request, gateway.fetcher, gateway.settings.server.max_body_bytes)
