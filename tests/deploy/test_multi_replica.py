@@ -11,20 +11,28 @@ What is proven:
   allowance, not one allowance per replica);
 - every request, accepted or refused, has exactly one audit record in the shared store, and the
   two writers keep one unbroken hash chain;
+- SIGTERM (a pod deletion after its preStop) lets the requests in flight finish and write their
+  audit records, refuses new connections meanwhile, and exits 0 within the shutdown timeout;
+- deploy/nginx.conf itself (when nginx is installed) spreads requests over both replicas and keeps
+  /metrics off the public entry;
 - SIGKILL of one replica under load loses no acknowledged audit record (a response is released only
   once its record is durable), and the other replica goes on serving.
 
-Needs the PostgreSQL server at 127.0.0.1:5432 (db `test`, user `postgres`, trust) and Redis at
-127.0.0.1:6379; skipped with the reason when either is down. Everything it writes lives in a schema
-and a key prefix of its own, removed afterwards.
+The classifier is off here: the CLIP weights cannot be downloaded on a machine without internet,
+and tests/classifiers covers the model. Needs the PostgreSQL server at 127.0.0.1:5432 (db `test`,
+user `postgres`, trust) and Redis at 127.0.0.1:6379 (database 13); skipped with the reason when
+either is down, or when `imagegate serve` does not build the PostgreSQL and Redis stores from the
+config. Everything it writes lives in a schema and a key prefix of its own, removed afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,7 +41,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +196,9 @@ class Cluster:
     replicas: list[Replica]
     schema: str
     key_prefix: str
+    upstream: FakeOpenAI
+    spawn: Callable[[str], Replica]  # one more replica on the same config (not in `replicas`)
+    root: Path
 
 
 def _wait_ready(replica: Replica) -> None:
@@ -241,6 +252,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             }
         },
         "default_model": MODEL,
+        # The CLIP model is not what is under test here (tests/classifiers covers it, and its
+        # weights cannot be downloaded on a machine without internet): off, so the stage is skipped.
+        "classifier": {"enabled": False, "required": False},
         "tenants": {
             "budget": {
                 "api_key_sha256": [_digest(KEYS["budget"])],
@@ -281,33 +295,39 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.skip(f"the scale-out backends are not wired into `imagegate serve` yet: {reason}")
 
     replicas: list[Replica] = []
+    spawned: list[Replica] = []
+
+    def spawn(name: str) -> Replica:
+        log = root / f"{name}.log"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("IMAGEGATE_")},
+            **environ,
+            "IMAGEGATE_SERVER__DATA_DIR": str(root / name),
+            "PYTHONPATH": str(REPO),
+        }
+        port = _free_port()
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path), "--port", str(port)],
+                cwd=root,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        replica = Replica(name, port, process, log)
+        spawned.append(replica)
+        return replica
+
     try:
-        for index in (1, 2):
-            log = root / f"replica-{index}.log"
-            env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith("IMAGEGATE_")},
-                **environ,
-                "IMAGEGATE_SERVER__DATA_DIR": str(root / f"replica-{index}"),
-                "PYTHONPATH": str(REPO),
-            }
-            port = _free_port()
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path), "--port", str(port)],
-                    cwd=root,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            replicas.append(Replica(f"replica-{index}", port, process, log))
+        replicas = [spawn("replica-1"), spawn("replica-2")]
         for replica in replicas:
             _wait_ready(replica)
-        yield Cluster(replicas, schema, key_prefix)
+        yield Cluster(replicas, schema, key_prefix, fake, spawn, root)
     finally:
-        for replica in replicas:
+        for replica in spawned:
             if replica.alive():
                 replica.process.send_signal(signal.SIGTERM)
-        for replica in replicas:
+        for replica in spawned:
             try:
                 replica.process.wait(timeout=40)
             except subprocess.TimeoutExpired:
@@ -402,7 +422,7 @@ class RoundRobin:
                 self.down.add(replica.name)  # never reached it: safe to send elsewhere
                 self.connect_errors.append((replica.name, f"{type(exc).__name__}: {exc}"))
                 continue
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 return Outcome(replica.name, None, None, f"{type(exc).__name__}: {exc}", sent_at, time.monotonic())
             finally:
                 self.in_flight[replica.name] -= 1
@@ -450,7 +470,7 @@ async def _audit_rows(schema: str, tenant: str | None = None) -> list[dict[str, 
 def _assert_one_chain(rows: list[dict[str, Any]]) -> None:
     """Both replicas extended ONE chain: seq 1..N without gaps, each record linked to the previous."""
     assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1)), "gaps or duplicates in the audit seq"
-    for previous, row in zip(rows, rows[1:]):
+    for previous, row in itertools.pairwise(rows):
         assert row["prev_hash"] == previous["hash"], f"chain broken at seq {row['seq']}"
 
 
@@ -503,6 +523,102 @@ async def test_one_audit_chain_across_replicas(cluster: Cluster) -> None:
     assert {o.replica for o in outcomes} == {r.name for r in cluster.replicas}
     _assert_audited_once(outcomes, await _audit_rows(cluster.schema, "load"))
     _assert_one_chain(await _audit_rows(cluster.schema))
+
+
+async def test_sigterm_drains_in_flight_requests_and_writes_their_audit_records(cluster: Cluster) -> None:
+    """What a Kubernetes pod deletion does after preStop: SIGTERM with requests waiting upstream.
+
+    The replica stops accepting connections, lets the in-flight requests finish (the upstream takes
+    2 s) and write their audit records, then exits 0 within aiohttp's shutdown_timeout (30 s)."""
+    replica = cluster.spawn("replica-drain")
+    await asyncio.to_thread(_wait_ready, replica)
+    received = len(cluster.upstream.received)
+    cluster.upstream.delay_s = 2.0
+    try:
+        async with _session() as session:
+            client = RoundRobin(session, [replica])
+            tasks = [asyncio.create_task(client.generate("load")) for _ in range(6)]
+            deadline = time.monotonic() + 20
+            while len(cluster.upstream.received) < received + 6:  # all six are inside, waiting upstream
+                assert time.monotonic() < deadline, "the requests never reached the upstream"
+                await asyncio.sleep(0.01)
+            replica.process.send_signal(signal.SIGTERM)
+            terminated_at = time.monotonic()
+            await asyncio.sleep(0.5)
+            late = await client.generate("load")  # a new connection while the old ones drain
+            outcomes = await asyncio.gather(*tasks)
+    finally:
+        cluster.upstream.delay_s = 0.05
+    code = await asyncio.to_thread(replica.process.wait, 40)
+    stopped_after = time.monotonic() - terminated_at
+    assert code == 0, replica.log_tail()
+    assert stopped_after < 30, f"shutdown took {stopped_after:.1f}s"
+    assert [o.status for o in outcomes] == [200] * 6, [(o.status, o.body) for o in outcomes]
+    assert all(o.answered_at > terminated_at for o in outcomes), "they were still in flight at SIGTERM"
+    assert late.status is None and late.replica is None, "a draining replica accepts no new connection"
+    stored = {row["id"] for row in await _audit_rows(cluster.schema, "load")}
+    assert {o.audit_id for o in outcomes} <= stored
+
+
+@pytest.fixture(scope="module")
+def nginx_front(cluster: Cluster) -> Iterator[str]:
+    """deploy/nginx.conf itself, pointed at the two replicas' loopback ports."""
+    import shutil
+
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light); the round-robin client covers balancing")
+    root = cluster.root / "nginx"
+    root.mkdir()
+    port = _free_port()
+    conf = (REPO / "deploy" / "nginx.conf").read_text()
+    for replica, name in zip(cluster.replicas, ("imagegate-1", "imagegate-2")):
+        conf = conf.replace(f"server {name}:8080", f"server 127.0.0.1:{replica.port}")
+    replacements = {
+        "listen 8080;": f"listen 127.0.0.1:{port};",
+        "pid /tmp/nginx.pid;": f"pid {root}/nginx.pid;",
+        "access_log /dev/stdout upstreams;": f"access_log {root}/access.log upstreams;",
+        "error_log /dev/stderr warn;": f"error_log {root}/error.log warn;",
+    }
+    for old, new in replacements.items():
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    (root / "nginx.conf").write_text(conf)
+    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+    process = subprocess.Popen(
+        [nginx, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log"), "-g", directives],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, (root / "error.log").read_text(errors="replace")[-2000:]
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not open its port"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+async def test_through_deploy_nginx_conf(cluster: Cluster, nginx_front: str) -> None:
+    front = Replica("nginx", int(nginx_front.rsplit(":", 1)[1]), None, cluster.root / "nginx" / "error.log")  # type: ignore[arg-type]
+    async with _session() as session:
+        outcomes = await _send(RoundRobin(session, [front]), "load", count=24, concurrency=4)
+        async with session.get(nginx_front + "/metrics") as response:
+            assert response.status == 404, "metrics are scraped per replica, never through the balancer"
+        async with session.get(nginx_front + "/readyz") as response:
+            assert response.status == 200
+    assert [o.status for o in outcomes] == [200] * len(outcomes), [(o.status, o.body) for o in outcomes]
+    stored = {row["id"] for row in await _audit_rows(cluster.schema, "load")}
+    assert {o.audit_id for o in outcomes} <= stored
+    access = (cluster.root / "nginx" / "access.log").read_text()
+    used = {int(port) for port in re.findall(r"upstream=127\.0\.0\.1:(\d+)", access)}
+    assert used == {replica.port for replica in cluster.replicas}, "nginx spread the requests over both replicas"
 
 
 async def test_sigkill_of_one_replica_loses_no_acknowledged_record(cluster: Cluster) -> None:
@@ -559,5 +675,5 @@ async def test_sigkill_of_one_replica_loses_no_acknowledged_record(cluster: Clus
     # The killed writer left no gap and no fork in the shared chain.
     _assert_one_chain(await _audit_rows(cluster.schema))
 
-    with urllib.request.urlopen(survivor.base + "/readyz", timeout=5) as response:
+    async with _session() as session, session.get(survivor.base + "/readyz") as response:
         assert response.status == 200
