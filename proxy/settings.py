@@ -119,7 +119,7 @@ class ProviderSettings(Model):
 class TenantSettings(Model):
     """A customer of the gateway: who may call, and under which policy."""
 
-    #: SHA-256 hex digests of the tenant's API keys (`imagegate keys hash` prints one).
+    #: SHA-256 hex digests of the tenant's API keys (`printf %s "$KEY" | sha256sum` prints one).
     api_key_sha256: list[str] = Field(default_factory=list)
     #: Keys with admin rights (audit queries, review queue) for this tenant.
     admin_key_sha256: list[str] = Field(default_factory=list)

@@ -11,6 +11,9 @@ What is proven:
   allowance, not one allowance per replica);
 - every request, accepted or refused, has exactly one audit record in the shared store, and the
   two writers keep one unbroken hash chain;
+- the probes behave as deploy/kubernetes assumes: a replica that cannot reach Redis answers
+  /readyz 503 naming the check while /healthz stays 200, and one whose required classifier model
+  is missing from the offline cache stops at start-up with the loader's reason;
 - SIGTERM (a pod deletion after its preStop) lets the requests in flight finish and write their
   audit records, refuses new connections meanwhile, and exits 0 within the shutdown timeout;
 - deploy/nginx.conf itself (when nginx is installed) spreads requests over both replicas and keeps
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -197,7 +201,7 @@ class Cluster:
     schema: str
     key_prefix: str
     upstream: FakeOpenAI
-    spawn: Callable[[str], Replica]  # one more replica on the same config (not in `replicas`)
+    spawn: Callable[..., Replica]  # spawn(name, **env): one more replica (not in `replicas`)
     root: Path
 
 
@@ -297,13 +301,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     replicas: list[Replica] = []
     spawned: list[Replica] = []
 
-    def spawn(name: str) -> Replica:
+    def spawn(name: str, **overrides: str) -> Replica:
         log = root / f"{name}.log"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("IMAGEGATE_")},
             **environ,
             "IMAGEGATE_SERVER__DATA_DIR": str(root / name),
             "PYTHONPATH": str(REPO),
+            **overrides,
         }
         port = _free_port()
         with log.open("wb") as out:
@@ -523,6 +528,53 @@ async def test_one_audit_chain_across_replicas(cluster: Cluster) -> None:
     assert {o.replica for o in outcomes} == {r.name for r in cluster.replicas}
     _assert_audited_once(outcomes, await _audit_rows(cluster.schema, "load"))
     _assert_one_chain(await _audit_rows(cluster.schema))
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+async def test_readiness_follows_the_limit_store_and_liveness_does_not(cluster: Cluster) -> None:
+    """The Kubernetes probes: a replica that cannot reach Redis leaves the Service (/readyz 503,
+    naming the check) but is not restarted (/healthz 200)."""
+    replica = cluster.spawn("replica-no-redis", IMAGEGATE_REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert replica.alive(), replica.log_tail()
+            try:
+                health = await asyncio.to_thread(_get, replica.base + "/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, replica.log_tail()
+                await asyncio.sleep(0.3)
+        assert health[0] == 200
+        status, body = await asyncio.to_thread(_get, replica.base + "/readyz")
+        assert status == 503 and body["ready"] is False
+        assert body["checks"]["limits"] is False and body["checks"]["audit"] is True, body
+    finally:
+        replica.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(replica.process.wait, 40)
+
+
+async def test_a_replica_without_its_classifier_model_never_listens(cluster: Cluster, tmp_path: Path) -> None:
+    """`classifier.required: true` (deploy's configs) and no weights in the offline cache: the
+    process stops at start-up with the loader's reason, so the pod never becomes ready."""
+    replica = cluster.spawn(
+        "replica-no-model",
+        IMAGEGATE_CLASSIFIER__ENABLED="true",
+        IMAGEGATE_CLASSIFIER__REQUIRED="true",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "empty-hf-cache"),
+    )
+    code = await asyncio.to_thread(replica.process.wait, START_TIMEOUT_S)
+    assert code != 0
+    log = replica.log.read_text(errors="replace")
+    assert "the image classifier could not be loaded" in log and "HF_HUB_OFFLINE" in log, log[-2000:]
 
 
 async def test_sigterm_drains_in_flight_requests_and_writes_their_audit_records(cluster: Cluster) -> None:
