@@ -32,7 +32,6 @@ from ..errors import (
 )
 from ..exchange import sniff_media_type
 from ..fetch import AddressPolicy, FetchError, SafeFetcher, UnsafeURLError, public_only
-from .openai_upstream import MAX_UPSTREAM_BODY, read_body
 
 
 def host_allowed(host: str, patterns: set[str]) -> bool:
@@ -80,6 +79,25 @@ class ImageFetcher(SafeFetcher):
         if media_type is None:
             raise UpstreamBadResponseError(f"Provider {self.provider!r} returned a URL that is not a PNG, JPEG or WebP image.")
         return data, media_type
+
+
+#: Largest upstream answer read into memory (base64 of n large images).
+MAX_UPSTREAM_BODY = 256 * 1024 * 1024
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, read to the end, refusing anything over `limit` bytes as soon as it is passed."""
+    if response.content_length is not None and response.content_length > limit:
+        raise UpstreamBadResponseError(f"The upstream answer is larger than imagegate accepts ({limit} bytes).")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        total += len(chunk)
+        if total > limit:
+            raise UpstreamBadResponseError(f"The upstream answer is larger than imagegate accepts ({limit} bytes).")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
 
 
 class ProviderHTTP:

@@ -21,34 +21,17 @@ from yarl import URL
 from ..errors import (
     UpstreamBadResponseError,
     UpstreamConnectionError,
-    UpstreamError,
-    UpstreamStatusError,
     UpstreamTimeoutError,
 )
 from ..exchange import GeneratedImage, GenerationRequest, GenerationResult, sniff_media_type
 from .base import Provider
+from .http import MAX_UPSTREAM_BODY, ProviderHTTP, read_body
 
 #: Models that accept `response_format` (the gpt-image family always answers in base64).
 RESPONSE_FORMAT_MODELS = ("dall-e-2", "dall-e-3")
-#: Largest upstream answer read into memory (base64 of n large images).
-MAX_UPSTREAM_BODY = 256 * 1024 * 1024
 
 
-async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, read to the end, refusing anything over `limit` bytes as soon as it is passed."""
-    if response.content_length is not None and response.content_length > limit:
-        raise UpstreamBadResponseError(f"The upstream answer is larger than imagegate accepts ({limit} bytes).")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in response.content.iter_chunked(256 * 1024):
-        total += len(chunk)
-        if total > limit:
-            raise UpstreamBadResponseError(f"The upstream answer is larger than imagegate accepts ({limit} bytes).")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class OpenAIUpstream(Provider):
+class OpenAIUpstream(ProviderHTTP, Provider):
     def __init__(
         self,
         name: str,
@@ -59,30 +42,9 @@ class OpenAIUpstream(Provider):
         connect_timeout_s: float = 10.0,
         image_url_hosts: list[str] | None = None,
     ) -> None:
-        self.name = name
-        self.base_url = base_url.rstrip("/")
+        super().__init__(name, base_url=base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
         self._api_key = api_key
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self.image_url_hosts = set(image_url_hosts or [])
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=self.timeout,
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            auto_decompress=True,
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise UpstreamError(f"provider {self.name!r} is not started")
-        return self._session
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -136,29 +98,7 @@ class OpenAIUpstream(Provider):
         )
 
     async def _post(self, url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        try:
-            async with self.session.post(url, headers=self._headers(), **kwargs) as response:
-                body = await read_body(response, MAX_UPSTREAM_BODY)
-                if response.status >= 400:
-                    if response.status >= 500:
-                        raise UpstreamError(
-                            f"The upstream provider {self.name!r} failed with HTTP {response.status}.",
-                            code="upstream_error",
-                        )
-                    raise UpstreamStatusError(
-                        response.status,
-                        body,
-                        response.headers.get("Content-Type", "application/json"),
-                        f"upstream answered HTTP {response.status}",
-                    )
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeoutError(
-                f"The upstream provider {self.name!r} did not answer in time ({self.timeout.total:.0f} s)."
-            ) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise UpstreamConnectionError(
-                f"The connection to the upstream provider {self.name!r} failed: {type(exc).__name__}."
-            ) from exc
+        _, _, body = await self.call("POST", url, headers=self._headers(), **kwargs)
         try:
             payload = json.loads(body)
         except ValueError as exc:
