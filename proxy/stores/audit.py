@@ -203,6 +203,17 @@ class AuditStore(abc.ABC):
 Pending = tuple[PreparedRecord, "asyncio.Future[int]"]
 
 
+def prepare_checked(record: dict[str, Any]) -> PreparedRecord:
+    """The record serialised and digested for the chain, or `AuditWriteError` if it cannot be."""
+    try:
+        prepared = prepare(record)
+        if not isinstance(record.get("id"), str) or not isinstance(record.get("time"), (int, float)):
+            raise ValueError("an audit record needs a string id and a numeric time")
+    except (TypeError, ValueError) as exc:
+        raise AuditWriteError(f"the record cannot be serialised: {exc}") from exc
+    return prepared
+
+
 class GroupCommitStore(AuditStore):
     """The write path both stores share: a queue, one writer task, one transaction per batch.
 
@@ -225,7 +236,8 @@ class GroupCommitStore(AuditStore):
         self.checkpoint_interval_s = checkpoint_interval_s
         self._pending: list[Pending] = []
         self._wakeup: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
+        #: The running writer: a task here, the writer thread in the SQLite store (None when stopped).
+        self._writer: Any = None
         self._closing = False
         #: Seq and time of the newest checkpoint this store knows of (refreshed by `_commit`).
         self._checkpoint_seq = 0
@@ -262,12 +274,7 @@ class GroupCommitStore(AuditStore):
     async def append(self, record: dict[str, Any]) -> int:
         if self._wakeup is None or self._closing:
             raise AuditWriteError("the audit store is not running")
-        try:
-            prepared = prepare(record)
-            if not isinstance(record.get("id"), str) or not isinstance(record.get("time"), (int, float)):
-                raise ValueError("an audit record needs a string id and a numeric time")
-        except (TypeError, ValueError) as exc:
-            raise AuditWriteError(f"the record cannot be serialised: {exc}") from exc
+        prepared = prepare_checked(record)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((prepared, future))
         self._wakeup.set()

@@ -57,7 +57,8 @@ def config(tmp_path: Path, name: str, port: int, upstream_url: str, prefix: str)
     return path
 
 
-async def wait_healthy(base: str, process: asyncio.subprocess.Process, deadline_s: float = 30) -> None:
+async def wait_healthy(base: str, process: asyncio.subprocess.Process, deadline_s: float = 120) -> None:
+    # Start-up imports torch and open_clip: seconds on a quiet machine, far more on a loaded CI runner.
     started = time.monotonic()
     async with aiohttp.ClientSession() as session:
         while time.monotonic() - started < deadline_s:
