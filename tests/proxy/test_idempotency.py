@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from aiohttp import web
 
 from proxy.app import GATEWAY
 from proxy.settings import Settings
+from multidict import CIMultiDict
+
 from tests.conftest import OTHER_TENANT_KEY, TENANT_KEY, make_settings
 from tests.proxy.test_limits_stage import limits_stages, post, with_limits
 from tests.proxy.test_limits_store import REDIS_URL, redis_prefix  # noqa: F401 - fixture
@@ -129,3 +132,45 @@ async def test_replay_across_replicas_through_redis(two_gateways: tuple[Any, lis
     assert status == retry_status == 200 and body == retry_body and retry_headers["Idempotent-Replayed"] == "true"
     assert len(fake.received) == 2  # the first request and the last, never the retry
     assert after["X-Imagegate-Budget-Remaining-USD"] == f"{5 - 2 * 0.01093:.6f}"
+
+
+async def test_retry_on_the_stability_surface_replays_the_raw_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idempotency is not an OpenAI feature: a Stability client's retry gets the same bytes, one upstream call."""
+    from aiohttp.test_utils import TestServer
+
+    from proxy.app import create_app
+    from tests.fakes.provider_harness import provider_settings, serve
+    from tests.fakes.stability import FakeStability
+
+    fake = FakeStability()
+    monkeypatch.setenv("IMAGEGATE_TEST_PROVIDER_KEY", fake.key)
+    upstream, upstream_url = await serve(fake.app())
+    settings = provider_settings(tmp_path, "stability", "stability", upstream_url, ["stable-image-core"])
+    app = create_app(with_limits(settings, global_section={}, budgets={"tenant": {"day_usd": 5}}), stages=limits_stages)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("/stability/v2beta/stable-image/generate/core"))
+
+    async def generate(prompt: str) -> tuple[int, CIMultiDict[str], bytes]:
+        form = aiohttp.FormData(default_to_multipart=True)
+        form.add_field("prompt", prompt)
+        form.add_field("output_format", "png")
+        headers = {"Authorization": f"Bearer {TENANT_KEY}", "Accept": "image/*", "Idempotency-Key": "stab-1"}
+        async with aiohttp.ClientSession() as session, session.post(url, data=form, headers=headers) as response:
+            return response.status, CIMultiDict(response.headers), await response.read()
+
+    try:
+        status, headers, image = await generate("a lighthouse at dusk")
+        retry_status, retry_headers, retry_image = await generate("a lighthouse at dusk")
+        reused_status, _, reused_body = await generate("a different lighthouse")
+    finally:
+        await server.close()
+        await upstream.close()
+    assert status == retry_status == 200 and retry_image == image and image.startswith(b"\x89PNG")
+    assert retry_headers["Content-Type"] == headers["Content-Type"] == "image/png"
+    assert retry_headers["Idempotent-Replayed"] == "true" and retry_headers["X-Imagegate-Cost-USD"] == "0.000000"
+    assert len(fake.received) == 1
+    # The same key for another request: refused in Stability's own error shape.
+    error = json.loads(reused_body)
+    assert reused_status == 422 and error["name"] == "invalid_parameters"
+    assert "Idempotency-Key was already used for a different request" in error["errors"][0]
