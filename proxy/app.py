@@ -35,7 +35,7 @@ from .errors import AuditUnavailableError, ImagegateError, InvalidRequestError
 from . import provenance_api
 from .exchange import Exchange, Operation, new_request_id
 from .fetch import SafeFetcher, public_only
-from .jobs import JobRunner, MemoryJobStore
+from .jobs import JobRunner, open_job_store
 from .metrics import Metrics
 from .passthrough import Passthrough
 from .pipeline import Pipeline, Stage
@@ -45,7 +45,7 @@ from .stages.limits import IdempotentReplay
 from .stages.read_request import ReadRequest
 from .stages.skipped import SkippedStage
 from .stages.upstream import Upstream
-from .stores.assets import AssetNotFound, LocalAssetStore, load_or_create_secret
+from .stores.assets import AssetNotFound, AssetStore, open_asset_store
 from .stores.audit import AuditStore, AuditWriteError, open_audit_store
 from .webhooks import WebhookSender, load_or_create_webhook_secret
 
@@ -62,7 +62,7 @@ class Gateway:
     settings: Settings
     metrics: Metrics
     audit: AuditStore
-    assets: LocalAssetStore
+    assets: AssetStore
     providers: dict[str, Provider]
     authenticate: Authenticate
     pipeline: Pipeline
@@ -153,7 +153,7 @@ def create_app(
         settings=settings,
         metrics=metrics,
         audit=audit,
-        assets=LocalAssetStore(data_dir / "assets", load_or_create_secret(data_dir / "url-signing.key")),
+        assets=open_asset_store(settings.assets, data_dir),
         providers=providers,
         authenticate=authenticate,
         pipeline=Pipeline(chain, settings.failure_policy.model_dump()),
@@ -166,7 +166,7 @@ def create_app(
         resources=chain,
         surfaces=default_surfaces(),
         jobs=JobRunner(
-            MemoryJobStore(),
+            open_job_store(settings.jobs),
             WebhookSender(policy=(lambda address: True) if settings.server.fetch_private_addresses else public_only),
             load_or_create_webhook_secret(data_dir / "webhook-signing.key"),
         ),
@@ -224,6 +224,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             if close is not None:
                 await close()
         await gateway.fetcher.close()
+        await gateway.assets.close()
         await gateway.audit.close()
 
 
@@ -239,7 +240,7 @@ def start_retention(gateway: Gateway) -> asyncio.Task[None] | None:
             gateway.audit,
             gateway.settings.audit.retention,
             interval_s=interval,
-            assets_folder=gateway.assets.folder,
+            assets=gateway.assets,
             signer=getattr(gateway.audit, "signer", None),
             policy_version=gateway.policy_version,
         ),

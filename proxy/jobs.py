@@ -15,14 +15,16 @@ imagegate a job is one `Exchange` travelling through the ordinary pipeline in a 
    and only to the tenant that submitted the job. A webhook the client registered receives the same
    processed outcome (`proxy.webhooks`), signed.
 
-The job store is an interface (`JobStore`): process memory by default; a shared backend (Redis) can
-implement the same three calls so that any replica can answer polls. Records are plain JSON data.
-The running task itself lives in the replica that took the submit.
+The job store is an interface (`JobStore`): process memory by default, or Redis (`jobs.backend:
+redis`) so that any replica answers polls; with the S3 asset store (`assets.backend: s3`) any
+replica also serves the images. Records are plain JSON data. The running task itself lives in the
+replica that took the submit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -40,6 +42,7 @@ from .webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from .app import Gateway
+    from .settings import JobSettings
 
 log = structlog.get_logger("imagegate.jobs")
 
@@ -99,6 +102,8 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 
+    async def close(self) -> None: ...
+
 
 class MemoryJobStore:
     """Jobs in process memory, kept `ttl_s` seconds after creation (one replica only)."""
@@ -126,6 +131,66 @@ class MemoryJobStore:
     async def get(self, job_id: str) -> JobRecord | None:
         data = self._jobs.get(job_id)
         return JobRecord.from_dict(data) if data is not None else None
+
+    async def close(self) -> None:
+        return None
+
+
+#: `finish` in one atomic step: the first final record wins, whichever replica ran the job.
+_FINISH_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current and cjson.decode(current)['status'] ~= 'pending' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+class RedisJobStore:
+    """Jobs in Redis, shared by every replica: a poll or a webhook answered by any of them.
+
+    One key per job (JSON), expiring `ttl_s` after submit; `create` is SET NX and `finish` a Lua
+    script, so a record that is final can never be overwritten (exactly once, across replicas).
+    """
+
+    def __init__(self, url: str, *, key_prefix: str = "imagegate:jobs:", ttl_s: float = 86400.0, timeout_s: float = 2.0) -> None:
+        import redis.asyncio as redis
+
+        self.key_prefix = key_prefix
+        self.ttl_ms = int(ttl_s * 1000)
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._finish = self._client.register_script(_FINISH_SCRIPT)
+
+    def _key(self, job_id: str) -> str:
+        return self.key_prefix + job_id
+
+    async def create(self, job: JobRecord) -> None:
+        await self._client.set(self._key(job.id), json.dumps(job.to_dict()), px=self.ttl_ms, nx=True)
+
+    async def finish(self, job: JobRecord) -> bool:
+        return bool(await self._finish(keys=[self._key(job.id)], args=[json.dumps(job.to_dict()), self.ttl_ms]))
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        data = await self._client.get(self._key(job_id))
+        return JobRecord.from_dict(json.loads(data)) if data is not None else None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def open_job_store(config: JobSettings) -> JobStore:
+    """The store `jobs:` configures (process memory by default)."""
+    if config.backend == "redis":
+        import os
+
+        from .settings import ConfigError
+
+        url = os.environ.get(config.redis_url_env, "") if config.redis_url_env else config.redis_url
+        if not url:
+            raise ConfigError(f"jobs.redis_url_env names {config.redis_url_env!r}, which is not set")
+        return RedisJobStore(url, key_prefix=config.key_prefix, ttl_s=config.ttl_s)
+    return MemoryJobStore(ttl_s=config.ttl_s)
 
 
 def error_dict(error: ImagegateError) -> dict[str, Any]:
@@ -155,6 +220,7 @@ class JobRunner:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.webhooks.close()
+        await self.store.close()
 
     async def drain(self) -> None:
         """Wait for every running job (tests, graceful shutdown)."""

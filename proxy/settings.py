@@ -166,6 +166,33 @@ class AuditSettings(Model):
     purge_interval_s: float = Field(3600.0, ge=0)
 
 
+class AssetSettings(Model):
+    """Where images served under imagegate's own URLs live (URL responses, jobs, review queue)."""
+
+    #: `local`: a folder under `server.data_dir` (one replica); `s3`: an S3-compatible bucket that
+    #: every replica shares (credentials from the AWS environment variables or a role, never YAML).
+    backend: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = "imagegate/assets/"
+    #: For MinIO, R2 and other S3-compatible stores; AWS itself needs none.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class JobSettings(Model):
+    """Where the outcomes of asynchronous jobs (BFL, Replicate, fal) are kept for polls."""
+
+    #: `memory`: this process (one replica); `redis`: shared, so any replica answers any poll.
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Name of an environment variable holding the Redis URL (when it carries a password).
+    redis_url_env: str | None = None
+    key_prefix: str = "imagegate:jobs:"
+    #: How long a job's record is kept after it was submitted.
+    ttl_s: float = Field(86400.0, gt=0)
+
+
 class FailurePolicy(Model):
     """What happens when a safety stage itself fails (raises or times out)."""
 
@@ -184,6 +211,8 @@ class Settings(Model):
     passthrough_provider: str | None = None
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    assets: AssetSettings = Field(default_factory=AssetSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
     #: Sections owned by the library packages, validated by their own models where they are used.
     prompt_filter: dict[str, Any] = Field(default_factory=dict)

@@ -127,9 +127,12 @@ def purge_command(args: argparse.Namespace) -> int:
     from ..settings import ConfigError
     from ..stores.audit_retention import purge
 
+    from ..stores.assets import open_asset_store
+
     try:
         settings, store = _open(args, need_signer=not args.dry_run)
-    except (ConfigError, OSError, ValueError) as exc:
+        assets = open_asset_store(settings.assets, settings.server.data_dir)
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:
         return _fail(str(exc))
 
     async def run() -> Any:
@@ -138,13 +141,14 @@ def purge_command(args: argparse.Namespace) -> int:
             return await purge(
                 store,
                 settings.audit.retention,
-                assets_folder=settings.server.data_dir / "assets",
+                assets=assets,
                 signer=store.signer,
                 dry_run=args.dry_run,
                 policy_version=settings.policy_version(),
             )
         finally:
             await store.close()
+            await assets.close()
 
     report = asyncio.run(run())
     if args.json:

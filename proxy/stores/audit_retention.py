@@ -13,24 +13,21 @@ Never destroy anything under a legal hold; never touch a record younger than the
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from policies.retention import RetentionPolicy, plan, rule_description
 
+from .assets import AssetStore
 from .audit import AuditStore
 from .audit_chain import CheckpointSigner, is_redacted, redaction_marker
 
 log = structlog.get_logger("imagegate.retention")
 
-_ASSET_NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpeg|webp)$")
 
 
 @dataclass(slots=True)
@@ -61,25 +58,11 @@ class PurgeReport:
         }
 
 
-def _remove_files(folder: Path | None, names: Sequence[str]) -> int:
-    removed = 0
-    if folder is None:
-        return 0
-    for name in names:
-        if _ASSET_NAME.match(name):
-            try:
-                (folder / name).unlink()
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
-
-
 async def purge(
     store: AuditStore,
     policy: RetentionPolicy,
     *,
-    assets_folder: Path | None = None,
+    assets: AssetStore | None = None,
     signer: CheckpointSigner | None = None,
     now: float | None = None,
     dry_run: bool = False,
@@ -134,7 +117,7 @@ async def purge(
             continue
         if image_owners or deleted_ids:
             names = await store.forget_review_assets([*image_owners, *deleted_ids])
-            report.images_removed += await asyncio.to_thread(_remove_files, assets_folder, names)
+            report.images_removed += await assets.delete(names) if assets is not None else 0
         if redactions:
             await store.redact(redactions)
         if deletions:
@@ -163,14 +146,14 @@ async def retention_loop(
     policy: RetentionPolicy,
     *,
     interval_s: float,
-    assets_folder: Path | None,
+    assets: AssetStore | None,
     signer: CheckpointSigner | None,
     policy_version: str | None = None,
 ) -> None:
     """Purge now and then every `interval_s` seconds until cancelled; a failed run is logged and retried."""
     while True:
         try:
-            report = await purge(store, policy, assets_folder=assets_folder, signer=signer, policy_version=policy_version)
+            report = await purge(store, policy, assets=assets, signer=signer, policy_version=policy_version)
             if report.changed or report.held:
                 log.info("retention_purge", **report.to_dict())
         except asyncio.CancelledError:

@@ -17,6 +17,7 @@ from policies.retention import LegalHold, RetentionPolicy, RetentionRule, plan
 from proxy.cli import main
 from proxy.stores.audit import AuditQuery, ReviewQuery
 from proxy.stores.audit_chain import is_redacted
+from proxy.stores.assets import LocalAssetStore
 from proxy.stores.audit_retention import purge
 from tests.proxy.audit_backends import Backend, backend, new_signer  # noqa: F401  (fixture)
 
@@ -99,12 +100,12 @@ async def test_purge_redacts_and_deletes_exactly_what_the_policy_says(backend: B
         await store.append(record)
     assert [i["id"] for i in await store.review_items(ReviewQuery())] == ["rev_1"]
 
-    dry = await purge(store, policy(), assets_folder=assets, signer=signer, now=NOW, dry_run=True)
+    dry = await purge(store, policy(), assets=LocalAssetStore(assets, b"k" * 32), signer=signer, now=NOW, dry_run=True)
     assert dry.deleted == 3 and dry.held == 1 and dry.redacted == {"prompt": 3, "retained_images": 1, "client_address": 1}
     assert (await store.get("aud_0001"))["prompt"] == "prompt 1"  # a dry run changes nothing
     assert (assets / ("a" * 32 + ".png")).exists()
 
-    report = await purge(store, policy(), assets_folder=assets, signer=signer, now=NOW)
+    report = await purge(store, policy(), assets=LocalAssetStore(assets, b"k" * 32), signer=signer, now=NOW)
     assert report.to_dict() | {"compacted": None} == {
         "dry_run": False, "examined": 8, "redacted": {"prompt": 3, "retained_images": 1, "client_address": 1},
         "deleted": 3, "held": 1, "compacted": None, "images_removed": 1,
@@ -135,7 +136,7 @@ async def test_purge_redacts_and_deletes_exactly_what_the_policy_says(backend: B
     await store.append(rec(9, 0))  # the chain goes on after compaction
     assert (await store.verify(trusted_keys=[signer.public_hex])).ok
 
-    again = await purge(store, policy(), assets_folder=assets, signer=signer, now=NOW)
+    again = await purge(store, policy(), assets=LocalAssetStore(assets, b"k" * 32), signer=signer, now=NOW)
     assert not again.changed and again.held == 1  # idempotent
     await store.close()
 
