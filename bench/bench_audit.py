@@ -9,7 +9,7 @@ It also times the CPU the chain costs per record (per-field digests + chain hash
 each request pays on top of the audit write it already did.
 
     python bench/bench_audit.py [--records 100000] [--concurrency 512] [--record small|full|both]
-                                [--pg-records 50000] [--no-postgres]
+                                [--pg-records 50000] [--no-postgres] [--json PATH]
 """
 
 from __future__ import annotations
@@ -139,6 +139,18 @@ async def store_throughput(store: Any, kind: str, records: int, concurrency: int
     }
 
 
+def write_json(
+    path: Path, raw: float, rows: list[tuple[str, str, dict[str, float]]], cpu: dict[str, float], postgres: str
+) -> None:
+    """The printed figures, machine-readable: records/s per store and record shape, and the floors."""
+    stores: dict[str, dict[str, dict[str, float]]] = {}
+    for store_name, kind, result in rows:
+        stores.setdefault(store_name, {})[kind] = result
+    results = {"raw_sqlite_rps": raw, "stores": stores, "chain_cpu_ms": cpu, "targets_rps": TARGETS, "postgres": postgres}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+
+
 async def postgres_dsn() -> str | None:
     import asyncpg
 
@@ -160,6 +172,7 @@ async def main() -> None:
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--record", choices=["small", "full", "both"], default="both")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     kinds = ["small", "full"] if args.record == "both" else [args.record]
     signer = CheckpointSigner(Ed25519PrivateKey.generate())
@@ -196,6 +209,9 @@ async def main() -> None:
                 await connection.close()
 
     cpu = {kind: chain_cpu_ms(kind) for kind in kinds}
+    if args.json is not None:
+        postgres = "measured" if dsn else "skipped: --no-postgres" if args.no_postgres else "skipped: no server at 127.0.0.1:5432"
+        write_json(args.json, raw, rows, cpu, postgres)
     print()
     print(f"concurrency {args.concurrency}, max_batch {args.max_batch}, {os.cpu_count()} CPUs")
     header = f"{'store':<9} {'record':<6} {'records/s':>11} {'target':>8} {'vs target':>9} {'vs raw':>7} {'p50 ms':>7} {'p99 ms':>7} {'c=1 ms':>7} {'chain CPU ms/rec':>17}"

@@ -6,7 +6,7 @@ batches, and the event loop's lag meanwhile (a ticker coroutine that sleeps 1 ms
 late it wakes). Prints a table with ratios. Targets from issue 4: batching >= 1.5x one-at-a-time,
 runner within 10% of the bare loop, loop lag p99 < 20 ms.
 
-Run: python3 bench/bench_classifier.py [--images 64] [--single 16] [--rounds 3] [--threads 2]
+Run: python3 bench/bench_classifier.py [--images 64] [--single 16] [--rounds 3] [--threads 2] [--json PATH]
 It must never be imported by tests or make timed assertions; it only reports.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import statistics
 import sys
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -138,6 +140,11 @@ def summarise(values: list[float]) -> str:
     return f"{statistics.median(values):7.2f} (best {max(values):6.2f})"
 
 
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median of per-round ratios: each round's pair ran back to back, so drift cancels."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="images per runner scenario and round")
@@ -148,6 +155,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
     settings = ClassifierSettings(
@@ -189,6 +197,15 @@ def main() -> None:
     rows.append(("one-at-a-time, direct classify_batch([x])", f"{summarise(single_rates)} img/s"))
     rates = [r.rate for r in runner_single]
     lags = [lag for r in runner_single for lag in r.lag_ms]
+    figures: dict[str, Any] = {
+        "model": classifier.model_label, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "rounds": args.rounds, "images": args.images, "single": args.single, "size": args.size,
+        "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+        "single_img_s": statistics.median(single_rates),
+        "single_runner_img_s": statistics.median(rates),
+        "single_runner_lag_p99_ms": percentile(lags, 99),
+        "scenarios": {},
+    }
     rows.append(
         (
             "one-at-a-time via runner (max_batch=1, 8 clients)",
@@ -202,6 +219,17 @@ def main() -> None:
         direct_rates = [r[2] for r in results]
         sizes = [len(batch) for r in results for batch in r[3].batches]
         lags = [lag for r in results for lag in r[3].lag_ms]
+        figures["scenarios"][str(concurrency)] = {
+            "runner_img_s": statistics.median(runner_rates),
+            "bare_img_s": statistics.median(bare_rates),
+            "direct_img_s": statistics.median(direct_rates),
+            "speedup_vs_single": median_ratio(runner_rates, single_rates),
+            "runner_vs_bare": median_ratio(runner_rates, bare_rates),
+            "runner_vs_direct": median_ratio(runner_rates, direct_rates),
+            "mean_batch": statistics.mean(sizes),
+            "lag_p50_ms": percentile(lags, 50),
+            "lag_p99_ms": percentile(lags, 99),
+        }
         rows.append(
             (
                 f"runner, {concurrency} concurrent (max_batch={args.max_batch}, wait {args.max_wait_ms:g} ms)",
@@ -231,6 +259,9 @@ def main() -> None:
     print("-" * (width + 80))
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ and concurrent) for the Redis store. Redis commands per check are counted from t
 `INFO commandstats` to show each check is one round trip (one EVALSHA).
 
     python bench/bench_limits.py [--checks 200000] [--redis-checks 20000] [--concurrency 64]
-                                 [--redis-url redis://127.0.0.1:6379/0]
+                                 [--redis-url redis://127.0.0.1:6379/0] [--json PATH]
 
 Targets (issue 7): in-memory under 20 us per check; Redis one round trip per check and at least
 10,000 checks per second from one process (concurrent checks are coalesced into pipelines).
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -183,12 +184,23 @@ def table(title: str, rows: list[tuple[str, float, float, float]], baseline: tup
         print(f"{name:<50} {wall:>11.2f} {cpu:>10.2f} {rate:>10,.0f} {wall / baseline[1]:>14.2f} {cpu / baseline[2]:>13.2f}")
 
 
+def row_dicts(rows: list[tuple[str, float, float, float]]) -> list[dict[str, Any]]:
+    return [{"operation": name, "wall_us": wall, "cpu_us": cpu, "ops_per_s": rate} for name, wall, cpu, rate in rows]
+
+
+def write_json(path: Path | None, results: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checks", type=int, default=200_000)
     parser.add_argument("--redis-checks", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
     print(f"load average before the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
@@ -196,11 +208,16 @@ def main() -> int:
     table("In-memory store", memory, memory[0])
     memory_us = memory[2][2]  # CPU time of the awaited check, as the stage calls it
     memory_ok = memory_us < 20
+    # Row order is fixed: [0] dict increment baseline, [2] the awaited check the stage makes.
+    results: dict[str, Any] = {"memory": row_dicts(memory), "memory_check_cpu_us": memory_us,
+                               "memory_baseline_cpu_us": memory[0][2], "concurrency": args.concurrency}
 
     try:
         redis_rows, stats = asyncio.run(bench_redis(args.redis_url, args.redis_checks, args.concurrency))
     except Exception as exc:  # no Redis: report the in-memory half only
         print(f"\nRedis benchmark skipped: {type(exc).__name__}: {exc}")
+        results["redis"] = f"skipped: {type(exc).__name__}: {exc}"
+        write_json(args.json, results)
         return 0
     table("Redis store: sequential rows against sequential PING", redis_rows[:2], redis_rows[0])
     table("Redis store: concurrent rows against concurrent PING", redis_rows[2:], redis_rows[2])
@@ -217,6 +234,12 @@ def main() -> int:
     capacity = 1e6 / redis_rows[3][2]
     print(f"  Redis: >= 10,000 checks/s from one process: {throughput:8,.0f}/s  {'OK' if throughput >= 10_000 else 'MISSED'}"
           f"  (CPU-bound capacity of one core at {redis_rows[3][2]:.1f} us CPU per check: {capacity:,.0f}/s)")
+    # Row order is fixed: [0] sequential PING, [1] sequential check, [2] concurrent PING, [3] concurrent check.
+    results["redis"] = {
+        "rows": row_dicts(redis_rows), "stats": stats, "script_calls_per_check": per_check,
+        "concurrent_checks_per_s": throughput, "concurrent_ping_per_s": redis_rows[2][3],
+    }
+    write_json(args.json, results)
     return 0
 
 

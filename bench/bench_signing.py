@@ -4,7 +4,7 @@ Target (issue 5): signing at most 3x the time of hashing the same bytes, under 8
 image. Both are measured in the same process, same run, on the same bytes; medians of many runs
 after a warm-up. Run from the repository root:
 
-    python3 bench/bench_signing.py [--runs 50] [--size 1024] [--breakdown]
+    python3 bench/bench_signing.py [--runs 50] [--size 1024] [--breakdown] [--json PATH]
 
 `--breakdown` also times the parts of a signature (building the manifest, the ECDSA signature
 alone, a Builder that hashes but streams through Python) to show where the time goes.
@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -88,7 +90,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    results: dict[str, Any] = {"size": args.size, "runs": args.runs, "formats": {}}
 
     with tempfile.TemporaryDirectory() as keys_dir:
         dev = ensure_dev_credentials(Path(keys_dir))
@@ -115,6 +119,10 @@ def main() -> int:
             lambda d=data, m=media_type: signer.sign(d, m, manifest_info), args.runs
         )
         added = signer.sign(data, media_type, manifest_info).bytes_added
+        results["formats"][fmt] = {
+            "bytes": len(data), "sha256_ms": hash_s * 1e3, "sign_ms": sign_s * 1e3,
+            "ratio": sign_s / hash_s, "bytes_added": added,
+        }
         print(
             f"{fmt:<6} {len(data):>10,} {hash_s * 1e3:>10.3f} {sign_s * 1e3:>9.3f} "
             f"{sign_s / hash_s:>6.2f}x {added:>8,}"
@@ -122,6 +130,9 @@ def main() -> int:
         if args.breakdown:
             breakdown(signer, data, media_type, manifest_info, args.runs, hash_s)
     signer.close()
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 

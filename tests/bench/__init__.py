@@ -1,0 +1,1 @@
+"""Tests of the benchmark suite and the soak run (their machinery, never their timings)."""
