@@ -142,6 +142,9 @@ class PriceTable(_Frozen):
     version: str
     currency: Literal["USD"] = "USD"
     free_provider_kinds: list[str] = Field(default_factory=list)
+    #: USD per credit for providers that bill in credits and report them with each result
+    #: (`cost_hint.credits`): the provider's own figure is the actual cost.
+    credit_usd: dict[str, float] = Field(default_factory=dict)
     models: dict[str, ModelPrice]
     _index: dict[str, ModelPrice] = PrivateAttr(default_factory=dict)
 
@@ -188,9 +191,15 @@ class PriceTable(_Frozen):
         *,
         tier: Tier = "standard",
     ) -> float | None:
-        """What the request did cost: nothing without images; tokens when reported; else per image."""
+        """What the request did cost: nothing without images; the provider's own figure when it
+        reports one (credits, tokens); else the table's price for the size actually produced."""
         if result is None or not result.images or self.is_free(provider_kind):
             return 0.0
+        hint = result.metadata.get("cost_hint") if isinstance(result.metadata.get("cost_hint"), dict) else {}
+        credits = hint.get("credits")
+        if provider_kind in self.credit_usd and isinstance(credits, (int, float)) and not isinstance(credits, bool) and credits >= 0:
+            price = self.price_for(request.model)
+            return round(credits * self.credit_usd[provider_kind] * (price.discount(tier) if price else 1.0), 6)
         price = self.price_for(request.model)
         if price is None:
             return None
@@ -199,11 +208,17 @@ class PriceTable(_Frozen):
             cost = from_tokens
         else:
             quality = result.metadata.get("quality") or request.quality
-            size = result.metadata.get("size") or request.size
+            size = result.metadata.get("size") or _hinted_size(hint) or request.size
             cost = price.image_usd(quality, size) * len(result.images)
             if price.per_megapixel is not None and request.operation == "edit":
                 cost += len(request.images) * price.per_megapixel.input_usd
         return round(cost * price.discount(tier), 6)
+
+
+def _hinted_size(hint: dict[str, Any]) -> str | None:
+    """The produced size from an adapter's cost hint, e.g. "1280x1024"."""
+    width, height = hint.get("width"), hint.get("height")
+    return f"{width}x{height}" if isinstance(width, int) and isinstance(height, int) else None
 
 
 def token_cost(prices: TokenPrices, usage: dict[str, Any] | None) -> float | None:

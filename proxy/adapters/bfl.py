@@ -108,13 +108,20 @@ class BFLUpstream(ProviderHTTP, Provider):
         started = time.perf_counter()
         images: list[GeneratedImage] = []
         metadata: dict[str, Any] = {}
+        credits: float | None = None
         for _ in range(request.n):  # one image per task
             image, metadata = await self._one(request)
             images.append(image)
+            charged = metadata.pop("credits", None)
+            if charged is not None:
+                credits = (credits or 0.0) + charged
         width, height = parse_size(request.size) or (
             (int(request.extra["width"]), int(request.extra["height"])) if "width" in request.extra and "height" in request.extra else DEFAULT_SIZE
         )
-        metadata["cost_hint"] = cost_hint(images=len(images), width=width, height=height, input_images=len(request.images) or None)
+        # `credits`: what BFL itself says each task costs (the submit's `cost`, 1 credit = $0.01).
+        metadata["cost_hint"] = cost_hint(
+            images=len(images), width=width, height=height, input_images=len(request.images) or None, credits=credits
+        )
         metadata["output_format"] = request.output_format
         metadata["size"] = f"{width}x{height}"  # read by the price table (per-megapixel models)
         return GenerationResult(
@@ -156,4 +163,6 @@ class BFLUpstream(ProviderHTTP, Provider):
         if not isinstance(sample, str):
             raise UpstreamBadResponseError("BFL reported the task Ready without a `result.sample` URL.")
         data, media_type = await self.fetcher.fetch_image(sample)
-        return GeneratedImage(data=data, media_type=media_type), {"seed": result.get("seed"), "upstream_id": submitted.get("id")}
+        cost = submitted.get("cost")
+        credits = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0 else None
+        return GeneratedImage(data=data, media_type=media_type), {"seed": result.get("seed"), "upstream_id": submitted.get("id"), "credits": credits}

@@ -29,6 +29,9 @@ class FakeBFL:
     sample_url: str | None = None
     status: str = "Ready"
     base_url: str = ""
+    #: When set, the submit answer reports the task's cost in credits, as BFL's API does
+    #: (`cost`, `input_mp`, `output_mp`; https://docs.bfl.ai/api-reference).
+    cost_credits: float | None = None
     submitted: list[dict[str, Any]] = field(default_factory=list)
     polls: dict[str, int] = field(default_factory=dict)
     samples_served: int = 0
@@ -56,7 +59,11 @@ class FakeBFL:
         self.submitted.append({"model": request.match_info["model"], "body": body, "headers": dict(request.headers), "id": task})
         self.polls[task] = 0
         base = self.base_url or f"{request.scheme}://{request.host}"
-        return web.json_response({"id": task, "polling_url": f"{base}/v1/get_result?id={task}"})
+        answer: dict[str, Any] = {"id": task, "polling_url": f"{base}/v1/get_result?id={task}"}
+        if self.cost_credits is not None:
+            width, height = int(body.get("width") or 1024), int(body.get("height") or 768)
+            answer.update(cost=self.cost_credits, input_mp=0, output_mp=round(width * height / 1e6, 2))
+        return web.json_response(answer)
 
     async def get_result(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

@@ -87,6 +87,30 @@ def test_nothing_generated_costs_nothing_and_the_demo_is_free(table: PriceTable)
     assert table.estimate_cost(req, "demo") == 0.0 and table.actual_cost(req, result(1), "demo") == 0.0
 
 
+@pytest.mark.parametrize(
+    ("model", "usd"),
+    [("stable-image-core", 0.03), ("stable-image-ultra", 0.08), ("sd3.5-large", 0.065), ("stability-inpaint", 0.03),
+     ("flux-dev", 0.025), ("flux-pro-1.1-ultra", 0.06), ("flux-kontext-max", 0.08), ("black-forest-labs/flux-schnell", 0.003)],
+)
+def test_stability_bfl_and_replicate_ids_have_list_prices(table: PriceTable, model: str, usd: float) -> None:
+    assert estimate_cost(request(model), "stability", table=table) == usd
+
+
+def test_per_megapixel_actual_cost_reads_the_produced_size_from_the_cost_hint(table: PriceTable) -> None:
+    """An adapter that does not echo `size` still says what it produced: 2048x2048 is 4 MP of FLUX.2 pro."""
+    produced = GenerationResult("p", "m", [GeneratedImage(b"", "image/png")], metadata={"cost_hint": {"images": 1, "width": 2048, "height": 2048}})
+    assert actual_cost(request("flux-2-pro"), produced, "bfl", table=table) == 0.075
+    assert actual_cost(request("flux-2-pro"), result(1), "bfl", table=table) == 0.03
+
+
+def test_reported_credits_count_only_for_providers_that_bill_in_them(table: PriceTable) -> None:
+    hinted = GenerationResult("p", "m", [GeneratedImage(b"", "image/png")], metadata={"cost_hint": {"images": 1, "credits": 7}})
+    assert actual_cost(request("flux-pro-1.1"), hinted, "bfl", table=table) == 0.07
+    assert actual_cost(request("flux-pro-1.1"), hinted, "replicate", table=table) == 0.04  # no credit price: list price
+    bogus = GenerationResult("p", "m", [GeneratedImage(b"", "image/png")], metadata={"cost_hint": {"images": 1, "credits": True}})
+    assert actual_cost(request("flux-pro-1.1"), bogus, "bfl", table=table) == 0.04
+
+
 def test_unknown_model_is_none(table: PriceTable) -> None:
     assert table.estimate_cost(request("mystery-model"), "openai") is None
     assert table.actual_cost(request("mystery-model"), result(1), "openai") is None

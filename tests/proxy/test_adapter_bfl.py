@@ -68,6 +68,32 @@ async def test_submit_poll_fetch_and_cost_hint(fake) -> None:
     assert result.metadata["seed"] == 42
 
 
+async def test_credits_reported_by_bfl_are_the_actual_cost(fake) -> None:
+    """BFL's submit says what each task costs (`cost`, in credits of $0.01): the price table uses
+    that figure over its own list price, summed over the tasks of an n>1 request."""
+    from policies.pricing import PriceTable
+
+    bfl, _, url = fake
+    bfl.cost_credits = 4.5
+    provider = await upstream(url)
+    try:
+        result = await provider.generate(request(size="1440x1024", n=2))
+    finally:
+        await provider.close()
+    assert result.metadata["cost_hint"]["credits"] == 9.0 and "credits" not in {k for k in result.metadata if k != "cost_hint"}
+    table = PriceTable.load()
+    assert table.actual_cost(request(size="1440x1024", n=2), result, "bfl") == 0.09
+    assert table.estimate_cost(request(size="1440x1024", n=2), "bfl") == 0.08  # the list price: $0.04 each
+    bfl.cost_credits = None  # without a reported figure, the table's price for what was produced
+    provider = await upstream(url)
+    try:
+        unreported = await provider.generate(request(size="1440x1024"))
+    finally:
+        await provider.close()
+    assert "credits" not in unreported.metadata["cost_hint"]
+    assert table.actual_cost(request(size="1440x1024"), unreported, "bfl") == 0.04
+
+
 async def test_moderated_and_failed_tasks(fake) -> None:
     bfl, _, url = fake
     provider = await upstream(url)
