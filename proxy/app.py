@@ -1,11 +1,12 @@
 """The aiohttp application: `create_app(settings)` builds everything, nothing lives in globals.
 
-Routes: each API surface (`adapters.registry.default_surfaces`: OpenAI at `/v1/images/...`, Stability,
-BFL, Replicate under `/{surface}/...`) registers its own routes, which run the stage pipeline, directly
-or as asynchronous jobs (`proxy.jobs`); `/v1/assets/...` serves imagegate's
-signed image URLs; any other `/v1/...` path is streamed to the pass-through provider; `/healthz`,
-`/readyz` and `/metrics` are for operators. Middleware only does what crosses every request (request
-ids, turning stray exceptions into provider-shaped errors). Every exchange ends with exactly one
+Routes: each API surface (`adapters.registry.default_surfaces`: OpenAI at `/v1/images/...`;
+Stability, BFL, Replicate, fal and Google under `/{surface}/...`) registers its own routes, which run
+the stage pipeline, directly or as asynchronous jobs (`proxy.jobs`); `/v1/assets/...` serves
+imagegate's signed image URLs; `/openapi.json` describes the routes; any other `/v1/...` path is
+streamed to the pass-through provider; `/healthz`, `/readyz` and `/metrics` are for operators.
+Middleware only does what crosses every request (request ids, turning stray exceptions into
+provider-shaped errors). Every exchange ends with exactly one
 audit record, written before the response is released; if it cannot be written, the client gets a
 503 instead of the images (fail closed).
 """
@@ -31,8 +32,8 @@ from .adapters.surface import JobSurface, ParseContext, Surface, SurfaceRoute
 from .admin import add_admin_routes
 from .admin.review import retain_images
 from .audit_record import build_record, exchange_outcome, new_audit_id
-from .errors import AuditUnavailableError, ImagegateError, InvalidRequestError
-from . import provenance_api
+from .errors import AuditUnavailableError, ClientDisconnectedError, ImagegateError, InvalidRequestError, PermissionDeniedError
+from . import openapi, provenance_api
 from .exchange import Exchange, Operation, new_request_id
 from .fetch import SafeFetcher, public_only
 from .jobs import JobRunner, open_job_store
@@ -75,6 +76,8 @@ class Gateway:
     surfaces: list[Surface] = field(default_factory=list)
     #: Asynchronous jobs of job-style surfaces (submit, poll, webhooks).
     jobs: JobRunner | None = None
+    #: Image exchanges still running, also those whose client has gone (see `images_handler`).
+    finishing: set[asyncio.Task[web.Response]] = field(default_factory=set)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -115,7 +118,7 @@ def default_stages(settings: Settings, deps: StageDeps) -> list[Stage]:
     """The chain, in order: the story of a request, top to bottom."""
     return [
         deps.authenticate,
-        ReadRequest(settings.provider_for),
+        ReadRequest(settings.provider_for, body_timeout_s=settings.server.body_timeout_s),
         SkippedStage("limits", "rate limits and budgets are not configured"),
         SkippedStage("licence", "licence rules are not configured"),
         SkippedStage("prompt_filter", "the prompt filter is not configured"),
@@ -185,6 +188,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi.openapi_handler)
     add_admin_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough_handler)
     return app
@@ -212,6 +216,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         log.info("imagegate_started", policy_version=gateway.policy_version, stages=[s.name for s in gateway.pipeline.stages])
         yield
     finally:
+        await asyncio.gather(*gateway.finishing, return_exceptions=True)  # orphaned exchanges: audit them
         if purger is not None:
             purger.cancel()
             await asyncio.gather(purger, return_exceptions=True)
@@ -342,7 +347,8 @@ def new_exchange(request: web.Request, surface: Surface, route: SurfaceRoute) ->
         request,
         "edit" if route.kind == "edit" or route.options.get("operation") == "edit" else "generate",
         credential=surface.credential(request),
-        end_user_header=request.headers.get("X-Imagegate-User"),
+        # Capped like the body's `user` field (256 characters): it goes into every audit record.
+        end_user_header=(request.headers.get("X-Imagegate-User") or None) and request.headers["X-Imagegate-User"][:256],
     )
     if request.headers.get("X-Imagegate-Use-Case"):
         exchange.notes["use_case"] = request.headers["X-Imagegate-Use-Case"][:128]
@@ -368,10 +374,28 @@ async def images_handler(
         surface = gateway.surfaces[0]
         route = SurfaceRoute("POST", request.path, "edit" if request.path.endswith("/edits") else "generate")
     exchange = new_exchange(request, surface, route)
+    # The exchange runs in a task of its own: when the client hangs up, aiohttp may cancel this
+    # handler (`handler_cancellation`), but the budget hold must still be settled and the audit
+    # record written. Shutdown waits for such orphaned exchanges (`Gateway.finishing`).
+    work = asyncio.ensure_future(_run_exchange(gateway, exchange, request, surface))
+    gateway.finishing.add(work)
+    work.add_done_callback(gateway.finishing.discard)
+    return await asyncio.shield(work)
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client's connection is closed: nothing can be released to it any more."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _run_exchange(gateway: Gateway, exchange: Exchange, request: web.Request, surface: Surface) -> web.Response:
     gateway.metrics.in_flight.inc()
     released: web.Response | None = None
     try:
         await gateway.pipeline.run(exchange)
+        if exchange.error is None and client_gone(request):
+            exchange.fail(ClientDisconnectedError("The client closed the connection before the answer was ready; nothing was released."))
         if isinstance(exchange.error, IdempotentReplay):
             # A retry with the same Idempotency-Key: the first response again, under its own audit record.
             replay, exchange.error = exchange.error, None
@@ -471,13 +495,19 @@ async def asset_handler(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     name = request.match_info["name"]
     if not gateway.assets.check(name, request.query.get("expires", ""), request.query.get("signature", "")):
-        raise ImagegateError("This image URL is invalid or has expired.", status=403, code="invalid_signature")
+        raise PermissionDeniedError("This image URL is invalid or has expired.", code="invalid_signature")
     try:
         data = await gateway.assets.get(name)
     except AssetNotFound as exc:
         raise ImagegateError("This image no longer exists.", status=404, code="not_found") from exc
     media_type = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}[name.rsplit(".", 1)[1]]
-    return web.Response(body=data, content_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+    # The bytes are an image whatever they look like: never sniffed into HTML, never run as a page.
+    headers = {
+        "Cache-Control": "private, max-age=3600",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    return web.Response(body=data, content_type=media_type, headers=headers)
 
 
 async def passthrough_handler(request: web.Request) -> web.StreamResponse:

@@ -4,7 +4,9 @@
     ImagegateError                      status  type                    code
     ├── InvalidRequestError             400     invalid_request_error   (varies, e.g. invalid_json)
     │   ├── PayloadTooLargeError        413     invalid_request_error   payload_too_large
-    │   └── UnsupportedMediaError       415     invalid_request_error   unsupported_media_type
+    │   ├── UnsupportedMediaError       415     invalid_request_error   unsupported_media_type
+    │   └── RequestTimeoutError         408     invalid_request_error   request_timeout
+    ├── ClientDisconnectedError         499     invalid_request_error   client_disconnected
     ├── AuthenticationError             401     invalid_request_error   invalid_api_key
     ├── PermissionDeniedError           403     invalid_request_error   permission_denied
     ├── ModelNotFoundError              404     invalid_request_error   model_not_found
@@ -69,6 +71,22 @@ class PayloadTooLargeError(InvalidRequestError):
 class UnsupportedMediaError(InvalidRequestError):
     status = 415
     code = "unsupported_media_type"
+
+
+class RequestTimeoutError(InvalidRequestError):
+    """The client took longer than `server.body_timeout_s` to send its body (a slow or stalled client)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class ClientDisconnectedError(ImagegateError):
+    """The client hung up before its exchange finished. Nobody reads this error; it is what the audit
+    record says happened (499, the status nginx logs for the same event)."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"
 
 
 class AuthenticationError(ImagegateError):

@@ -9,16 +9,16 @@ summary. Verification runs in worker threads. Each call leaves an audit record.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from provenance import verify_image
 from provenance.errors import VerificationError
 
 from .errors import ImagegateError, InvalidRequestError, PayloadTooLargeError
+from .adapters.surface import load_json_object, next_part, open_multipart, read_limited, read_part
 from .fetch import SafeFetcher
 
 MAX_URLS = 50
@@ -31,29 +31,20 @@ async def read_sources(request: web.Request, fetcher: SafeFetcher, limit: int) -
         raise PayloadTooLargeError(f"The request body is larger than the limit of {limit} bytes.")
     content_type = request.content_type
     if content_type.startswith("multipart/"):
-        reader = await request.multipart()
+        reader = await open_multipart(request)
         sources: list[tuple[str, bytes | ImagegateError]] = []
         total = 0
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise InvalidRequestError("Nested multipart bodies are not accepted.", code="invalid_multipart")
-            data = bytearray()
-            while chunk := await part.read_chunk(256 * 1024):
-                total += len(chunk)
-                if total > limit:
-                    raise PayloadTooLargeError(f"The request body is larger than the limit of {limit} bytes.")
-                data.extend(chunk)
-            sources.append((part.filename or part.name or f"part-{len(sources)}", bytes(data)))
+        while (part := await next_part(reader)) is not None:
+            data = await read_part(part, already=total, limit=limit, chunk_size=256 * 1024)
+            total += len(data)
+            sources.append((part.filename or part.name or f"part-{len(sources)}", data))
             if len(sources) > MAX_IMAGES:
                 raise InvalidRequestError(f"At most {MAX_IMAGES} images per call.")
         return sources
     if content_type == "application/json":
-        try:
-            body = json.loads(await request.read())
-            urls = body["urls"]
-            assert isinstance(urls, list) and all(isinstance(url, str) for url in urls)
-        except (ValueError, KeyError, TypeError, AssertionError) as exc:
-            raise InvalidRequestError('Send {"urls": ["https://...", ...]}.', code="invalid_json") from exc
+        urls = load_json_object(await read_limited(request, limit)).get("urls")
+        if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+            raise InvalidRequestError('Send {"urls": ["https://...", ...]}.', code="invalid_json")
         if not urls or len(urls) > MAX_URLS:
             raise InvalidRequestError(f"Send between 1 and {MAX_URLS} URLs.", param="urls")
 
@@ -66,7 +57,7 @@ async def read_sources(request: web.Request, fetcher: SafeFetcher, limit: int) -
 
         return list(await asyncio.gather(*(get(url) for url in urls)))
     if content_type.startswith("image/"):
-        return [("body", await request.read())]
+        return [("body", await read_limited(request, limit))]
     raise InvalidRequestError(
         "Send images as multipart/form-data, one image as the raw body, or JSON with a list of URLs.",
         code="unsupported_media_type",

@@ -38,6 +38,8 @@ class ServerSettings(Model):
     port: int = Field(8080, ge=0, le=65535)
     #: Largest request body accepted (JSON or multipart), in bytes.
     max_body_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    #: Seconds a client may take to send its request body; a slower one gets 408 (slowloris guard).
+    body_timeout_s: float = Field(60.0, gt=0)
     #: Where the embedded default keeps its SQLite audit log, assets and dev certificates.
     data_dir: Path = Path("./imagegate-data")
     #: Public base URL for links handed to clients (URL responses); default: the request's host.

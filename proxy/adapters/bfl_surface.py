@@ -23,7 +23,7 @@ from aiohttp import web
 from ..errors import ImagegateError, InvalidRequestError, UpstreamStatusError
 from ..exchange import Exchange, GenerationRequest, InputImage, sniff_media_type
 from ..jobs import INPUT_KEY, WEBHOOK_KEY, JobRecord
-from .surface import ParseContext, SurfaceRoute, read_limited
+from .surface import ParseContext, SurfaceRoute, load_json_object, read_limited
 
 PREFIX = "/bfl"
 _KNOWN = {"prompt", "width", "height", "output_format", "input_image", "webhook_url", "webhook_secret"}
@@ -42,13 +42,7 @@ class BFLSurface:
         return request.headers.get("x-key") or None
 
     async def parse(self, request: web.Request, route: SurfaceRoute, context: ParseContext) -> GenerationRequest:
-        raw = await read_limited(request, context.max_body_bytes)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequestError("The body is not valid JSON.", code="invalid_json") from exc
-        if not isinstance(body, dict):
-            raise InvalidRequestError("The body must be a JSON object.", code="invalid_json")
+        body = load_json_object(await read_limited(request, context.max_body_bytes))
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise InvalidRequestError("prompt: field required", param="prompt", code="missing_required_parameter")

@@ -4,7 +4,7 @@ tree, and image URLs fetched under the SSRF guard.
 `ProviderHTTP.call` sends one request and returns status, headers and body, read to the end under a
 size cap; a timeout, a broken connection or a 5xx become `Upstream*` errors, and a 4xx the
 provider's own answer (`UpstreamStatusError`, passed back unchanged where the client speaks the same
-wire format).
+wire format, except that any credential the request carried is masked out of it: `proxy.redact`).
 
 `ImageFetcher` fetches the images providers return as URLs: only from the provider's host allow-list
 (`image_url_hosts`, where `*.example.com` admits subdomains), only to public addresses (checked after
@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..exchange import sniff_media_type
 from ..fetch import AddressPolicy, FetchError, SafeFetcher, UnsafeURLError, public_only
+from ..redact import credentials_in, mask
 
 
 def host_allowed(host: str, patterns: set[str]) -> bool:
@@ -147,6 +148,8 @@ class ProviderHTTP:
             return status, headers, body
         if status >= 500:
             raise UpstreamError(f"The upstream provider {self.name!r} failed with HTTP {status}.", code="upstream_error")
+        # The provider's own error goes back to the client: never with the key we sent it echoed inside.
+        body = mask(body, credentials_in(kwargs.get("headers")))
         raise UpstreamStatusError(status, body, headers.get("Content-Type", "application/json"), f"upstream answered HTTP {status}")
 
 

@@ -16,7 +16,7 @@ import base64
 import json
 from typing import Any, Literal
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import (
@@ -27,7 +27,16 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ..exchange import Exchange, GenerationRequest, InputImage, sniff_media_type
-from .surface import ParseContext, SurfaceRoute, bearer_token
+from .surface import (
+    ParseContext,
+    SurfaceRoute,
+    bearer_token,
+    load_json_object,
+    next_part,
+    open_multipart,
+    read_part,
+    safe_filename,
+)
 
 #: Fields this surface interprets; anything else is passed upstream unchanged.
 _KNOWN = {"model", "prompt", "n", "size", "quality", "response_format", "output_format", "user"}
@@ -93,15 +102,7 @@ def _check_length(request: web.Request, limit: int) -> None:
 
 async def parse_generation(request: web.Request, *, default_model: str, max_body_bytes: int) -> GenerationRequest:
     _check_length(request, max_body_bytes)
-    body = await _read_limited(request, max_body_bytes)
-    try:
-        fields = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidRequestError(
-            "We could not parse the JSON body of your request: it is not valid JSON.", code="invalid_json"
-        ) from exc
-    if not isinstance(fields, dict):
-        raise InvalidRequestError("The JSON body must be an object.", code="invalid_json")
+    fields = load_json_object(await _read_limited(request, max_body_bytes))
     return _to_request(fields, "generate", default_model)
 
 
@@ -120,40 +121,25 @@ async def parse_edit(request: web.Request, *, default_model: str, max_body_bytes
     _check_length(request, max_body_bytes)
     if not request.content_type.startswith("multipart/form-data"):
         raise UnsupportedMediaError("Image edits must be sent as multipart/form-data.")
-    try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
-        raise InvalidRequestError(f"Malformed multipart body: {exc}.", code="invalid_multipart") from exc
+    reader = await open_multipart(request)
     fields: dict[str, Any] = {}
     images: list[InputImage] = []
     mask: InputImage | None = None
     total = 0
-    while True:
-        try:
-            part = await reader.next()
-        except ValueError as exc:
-            raise InvalidRequestError(f"Malformed multipart body: {exc}.", code="invalid_multipart") from exc
-        if part is None:
-            break
-        if not isinstance(part, BodyPartReader):
-            raise InvalidRequestError("Nested multipart bodies are not accepted.", code="invalid_multipart")
+    while (part := await next_part(reader)) is not None:
         name = part.name or ""
-        data = bytearray()
-        while chunk := await part.read_chunk(64 * 1024):
-            total += len(chunk)
-            if total > max_body_bytes:
-                raise PayloadTooLargeError(f"The request body is larger than the limit of {max_body_bytes} bytes.")
-            data.extend(chunk)
+        data = await read_part(part, already=total, limit=max_body_bytes)
+        total += len(data)
         if name == "mask" or name == "image" or name.startswith("image["):
-            media_type = sniff_media_type(bytes(data))
+            media_type = sniff_media_type(data)
             if media_type is None:
                 raise InvalidRequestError(
                     f"The '{name}' part is not a PNG, JPEG or WebP image.", param=name, code="invalid_image"
                 )
             image = InputImage(
-                data=bytes(data),
+                data=data,
                 media_type=media_type,
-                filename=part.filename or name,
+                filename=safe_filename(part.filename, "mask" if name == "mask" else "image"),
                 role="mask" if name == "mask" else "image",
             )
             if name == "mask":

@@ -2,13 +2,14 @@
 
 imagegate injects the upstream key (clients never hold it). Images are always requested as base64
 where the model allows a choice, because every image must be classified and signed before the client
-sees it; a URL answer is fetched only from the configured hosts. Transport failures become
-imagegate's `Upstream*` errors; an error answer from OpenAI is passed back unchanged.
+sees it; a URL answer is fetched only over https, from the configured hosts, and only from public
+addresses (`ImageFetcher`: checked after DNS resolution, so an allowed name pointing inside the
+network is refused). Transport failures become imagegate's `Upstream*` errors; an error answer
+from OpenAI is passed back unchanged (with imagegate's key masked out of it, `proxy.redact`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -16,16 +17,14 @@ import time
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from ..errors import (
-    UpstreamBadResponseError,
-    UpstreamConnectionError,
-    UpstreamTimeoutError,
-)
+from ..errors import UpstreamBadResponseError
 from ..exchange import GeneratedImage, GenerationRequest, GenerationResult, sniff_media_type
+from ..fetch import AddressPolicy, public_only
 from .base import Provider
-from .http import MAX_UPSTREAM_BODY, ProviderHTTP, read_body
+from .http import MAX_UPSTREAM_BODY, ImageFetcher, ProviderHTTP, host_allowed
 
 #: Models that accept `response_format` (the gpt-image family always answers in base64).
 RESPONSE_FORMAT_MODELS = ("dall-e-2", "dall-e-3")
@@ -41,10 +40,26 @@ class OpenAIUpstream(ProviderHTTP, Provider):
         timeout_s: float = 120.0,
         connect_timeout_s: float = 10.0,
         image_url_hosts: list[str] | None = None,
+        address_policy: AddressPolicy = public_only,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         super().__init__(name, base_url=base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
         self._api_key = api_key
         self.image_url_hosts = set(image_url_hosts or [])
+        # Image URLs are fetched like every provider's: allow-listed hosts, public addresses only
+        # (checked after DNS and on every redirect), size and time caps.
+        self.fetcher = ImageFetcher(
+            name, hosts=list(self.image_url_hosts), policy=address_policy, max_bytes=MAX_UPSTREAM_BODY,
+            timeout_s=timeout_s, resolver=resolver,
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        await self.fetcher.start()
+
+    async def close(self) -> None:
+        await self.fetcher.close()
+        await super().close()
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -129,17 +144,10 @@ class OpenAIUpstream(ProviderHTTP, Provider):
 
     async def _fetch_image(self, url: str) -> bytes:
         parsed = URL(url)
-        if parsed.scheme != "https" or parsed.host not in self.image_url_hosts:
+        if parsed.scheme != "https" or not host_allowed(parsed.host or "", self.image_url_hosts):
             raise UpstreamBadResponseError(
                 f"The upstream returned an image URL on host {parsed.host!r}, which is not in "
                 "this provider's `image_url_hosts` allow-list."
             )
-        try:
-            async with self.session.get(url, allow_redirects=False) as response:
-                if response.status != 200:
-                    raise UpstreamBadResponseError(f"Fetching the upstream image URL gave HTTP {response.status}.")
-                return await read_body(response, MAX_UPSTREAM_BODY)
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeoutError("Fetching the upstream image URL timed out.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"Fetching the upstream image URL failed: {type(exc).__name__}.") from exc
+        data, _ = await self.fetcher.fetch_image(url)
+        return data

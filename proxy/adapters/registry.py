@@ -41,6 +41,10 @@ def build_provider(name: str, config: ProviderSettings, settings: Settings) -> P
         from .stability import StabilityUpstream
 
         return StabilityUpstream(name, **common)
+    if config.kind == "google":
+        from .google import GoogleUpstream
+
+        return GoogleUpstream(name, **common)
     fetching: dict[str, Any] = {
         "image_url_hosts": config.image_url_hosts,
         "address_policy": image_address_policy(config),
@@ -55,12 +59,18 @@ def build_provider(name: str, config: ProviderSettings, settings: Settings) -> P
         from .replicate import ReplicateUpstream
 
         return ReplicateUpstream(name, poll_interval_s=config.poll_interval_s, **common, **fetching)
+    if config.kind == "fal":
+        from .fal import FalUpstream
+
+        return FalUpstream(name, poll_interval_s=config.poll_interval_s, **common, **fetching)
     raise ValueError(f"provider {name!r}: unknown kind {config.kind!r}")
 
 
 def default_surfaces() -> list[Surface]:
     from .bfl_surface import BFLSurface
+    from .fal_surface import FalSurface
+    from .google_surface import GoogleSurface
     from .replicate_surface import ReplicateSurface
     from .stability_surface import StabilitySurface
 
-    return [OpenAISurface(), StabilitySurface(), BFLSurface(), ReplicateSurface()]
+    return [OpenAISurface(), StabilitySurface(), BFLSurface(), ReplicateSurface(), FalSurface(), GoogleSurface()]

@@ -22,7 +22,7 @@ from aiohttp import web
 from ..errors import ImagegateError, InvalidRequestError, UpstreamStatusError
 from ..exchange import Exchange, GenerationRequest
 from ..jobs import INPUT_KEY, WEBHOOK_KEY, JobRecord
-from .surface import ParseContext, SurfaceRoute, read_limited
+from .surface import ParseContext, SurfaceRoute, load_json_object, read_limited
 
 PREFIX = "/replicate"
 _WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$")
@@ -62,12 +62,8 @@ class ReplicateSurface:
         return float(min(60, int(match.group(1) or 60)))
 
     async def parse(self, request: web.Request, route: SurfaceRoute, context: ParseContext) -> GenerationRequest:
-        raw = await read_limited(request, context.max_body_bytes)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequestError("The body is not valid JSON.", code="invalid_json") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
+        body = load_json_object(await read_limited(request, context.max_body_bytes))
+        if not isinstance(body.get("input"), dict):
             raise InvalidRequestError("The body must be an object with an `input` object.", param="input")
         model_input: dict[str, Any] = body["input"]
         if "owner" in request.match_info:

@@ -14,18 +14,29 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from ..errors import ImagegateError, InvalidRequestError, PayloadTooLargeError, UnsupportedMediaError, UpstreamStatusError
+from ..errors import ImagegateError, InvalidRequestError, UnsupportedMediaError, UpstreamStatusError
 from ..exchange import Exchange, GenerationRequest, InputImage, sniff_media_type
 from .stability import EDIT_OPERATIONS, GENERATE_MODELS
-from .surface import ParseContext, SurfaceRoute, bearer_token, check_length
+from .surface import (
+    ParseContext,
+    SurfaceRoute,
+    bearer_token,
+    check_length,
+    next_part,
+    open_multipart,
+    read_part,
+    safe_filename,
+)
 
 PREFIX = "/stability"
 _TEXT_FIELDS_MAX = 64
+_HEADER_TOKEN = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
 _NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "payload_too_large",
           415: "unsupported_media_type", 422: "invalid_parameters", 429: "rate_limit_exceeded"}
 
@@ -35,34 +46,19 @@ async def read_form(request: web.Request, limit: int, file_fields: set[str]) -> 
     check_length(request, limit)
     if not request.content_type.startswith("multipart/form-data"):
         raise UnsupportedMediaError("Send the request as multipart/form-data, as the Stability API requires.")
-    try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
-        raise InvalidRequestError(f"Malformed multipart body: {exc}.", code="invalid_multipart") from exc
+    reader = await open_multipart(request)
     fields: dict[str, str] = {}
     files: dict[str, InputImage] = {}
     total = 0
-    while True:
-        try:
-            part = await reader.next()
-        except ValueError as exc:
-            raise InvalidRequestError(f"Malformed multipart body: {exc}.", code="invalid_multipart") from exc
-        if part is None:
-            break
-        if not isinstance(part, BodyPartReader):
-            raise InvalidRequestError("Nested multipart bodies are not accepted.", code="invalid_multipart")
+    while (part := await next_part(reader)) is not None:
         name = part.name or ""
-        data = bytearray()
-        while chunk := await part.read_chunk(64 * 1024):
-            total += len(chunk)
-            if total > limit:
-                raise PayloadTooLargeError(f"The request body is larger than the limit of {limit} bytes.")
-            data.extend(chunk)
+        data = await read_part(part, already=total, limit=limit)
+        total += len(data)
         if name in file_fields:
-            media_type = sniff_media_type(bytes(data))
+            media_type = sniff_media_type(data)
             if media_type is None:
                 raise InvalidRequestError(f"The '{name}' part is not a PNG, JPEG or WebP image.", param=name)
-            files[name] = InputImage(bytes(data), media_type, part.filename or name, "mask" if name == "mask" else "image")
+            files[name] = InputImage(data, media_type, safe_filename(part.filename, name), "mask" if name == "mask" else "image")
         elif name:
             if len(fields) >= _TEXT_FIELDS_MAX:
                 raise InvalidRequestError("Too many form fields.", code="invalid_multipart")
@@ -71,6 +67,17 @@ async def read_form(request: web.Request, limit: int, file_fields: set[str]) -> 
             except UnicodeDecodeError as exc:
                 raise InvalidRequestError(f"Form field '{name}' is not UTF-8 text.", param=name) from exc
     return fields, files
+
+
+def _header_token(value: Any) -> str | None:
+    """An upstream value fit for a response header (`finish-reason`, `seed`), or None.
+
+    These values come from the provider's answer; one carrying CR/LF or other control characters
+    would make aiohttp refuse to write the headers and drop the connection after the exchange was
+    audited as a success. Only short token-like values pass.
+    """
+    text = str(value) if value is not None else ""
+    return text if _HEADER_TOKEN.fullmatch(text) else None
 
 
 class StabilitySurface:
@@ -134,9 +141,10 @@ class StabilitySurface:
         if "application/json" in accept:
             body = {"image": base64.b64encode(image.data).decode("ascii"), "finish_reason": finish_reason, "seed": seed}
             return web.json_response(body)
-        headers = {"finish-reason": str(finish_reason)}
-        if seed is not None:
-            headers["seed"] = str(seed)
+        headers = {"finish-reason": _header_token(finish_reason) or "SUCCESS"}
+        seed_token = _header_token(seed)
+        if seed_token is not None:
+            headers["seed"] = seed_token
         return web.Response(body=image.data, content_type=image.media_type, headers=headers)
 
     def render_error(self, error: ImagegateError) -> web.Response:

@@ -13,17 +13,24 @@ Two kinds of route:
 - `submit` / `poll`: an asynchronous job (`proxy.jobs`). The submit answers at once with a job id;
   the job is processed (moderated, signed, audited) exactly once when imagegate collects the
   upstream result, and every poll renders the stored, processed outcome with `render_job`.
+
+The readers at the end of this module are how every surface reads a body: within the size limit
+while reading, and with every malformed body (bad JSON, JSON nested too deep, broken multipart) a
+4xx of the client's, never a 5xx.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from aiohttp import web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from ..errors import ImagegateError, PayloadTooLargeError
+from ..errors import ImagegateError, InvalidRequestError, PayloadTooLargeError
 from ..exchange import Exchange, GenerationRequest
 
 if TYPE_CHECKING:
@@ -114,3 +121,98 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
             raise PayloadTooLargeError(f"The request body is larger than the limit of {limit} bytes.")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+#: Deepest nesting accepted in a client's JSON body. Image APIs take flat parameters; a deeper body
+#: would parse here but could overflow the stack when it is encoded again for the upstream (a 5xx).
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def load_json_object(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """A client's JSON body as an object, or an `invalid_json` error: malformed, not an object, or
+    nested deeper than `max_depth` (CPython's parser raises RecursionError, not ValueError, on very
+    deep input; either way it is the client's mistake, never a 5xx)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request: it is not valid JSON.", code="invalid_json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The JSON body must be an object.", code="invalid_json")
+    if json_depth(body) > max_depth:
+        raise InvalidRequestError(
+            f"The JSON body nests deeper than {max_depth} levels; image requests take flat parameters.",
+            code="invalid_json",
+        )
+    return body
+
+
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def safe_filename(filename: str | None, default: str) -> str:
+    """A client's upload filename reduced to harmless characters (at most 100), for the upstream form.
+
+    The name is the client's to choose and is sent on to the provider in a multipart header: control
+    characters (a decoded `filename*=utf-8''a%0D%0A...`) would make the upstream request unsendable,
+    and path separators mean nothing to a provider. Falls back to `default` when nothing is left.
+    """
+    cleaned = _UNSAFE_FILENAME.sub("_", filename or "").strip(" ._")[:100]
+    return cleaned or default
+
+
+#: What aiohttp raises on a malformed multipart body (a bad boundary, a part header with control
+#: characters): the client's mistake, answered with `invalid_multipart`, never a 5xx.
+MULTIPART_ERRORS: tuple[type[Exception], ...] = (ValueError, AssertionError, HttpProcessingError)
+
+
+def malformed_multipart(exc: Exception) -> InvalidRequestError:
+    """The client's error for a body aiohttp could not read as multipart (one line, bounded)."""
+    reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    reason = " ".join(str(reason).split())[:200]
+    return InvalidRequestError(f"Malformed multipart body: {reason}.", code="invalid_multipart")
+
+
+async def open_multipart(request: web.Request) -> MultipartReader:
+    try:
+        return await request.multipart()
+    except MULTIPART_ERRORS as exc:
+        raise malformed_multipart(exc) from exc
+
+
+async def next_part(reader: MultipartReader) -> BodyPartReader | None:
+    """The next part of a flat multipart body, or None at its end."""
+    try:
+        part = await reader.next()
+    except MULTIPART_ERRORS as exc:
+        raise malformed_multipart(exc) from exc
+    if part is not None and not isinstance(part, BodyPartReader):
+        raise InvalidRequestError("Nested multipart bodies are not accepted.", code="invalid_multipart")
+    return part
+
+
+async def read_part(part: BodyPartReader, *, already: int, limit: int, chunk_size: int = 64 * 1024) -> bytes:
+    """A part's bytes, refusing the body as soon as `already` plus what is read passes `limit`."""
+    data = bytearray()
+    try:
+        while chunk := await part.read_chunk(chunk_size):
+            if already + len(data) + len(chunk) > limit:
+                raise PayloadTooLargeError(f"The request body is larger than the limit of {limit} bytes.")
+            data.extend(chunk)
+    except MULTIPART_ERRORS as exc:
+        raise malformed_multipart(exc) from exc
+    return bytes(data)

@@ -32,6 +32,9 @@ from .audit_chain import (
     is_redacted,
 )
 
+#: Every connection of the store: acknowledged means durable on the server (no async commit).
+_SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "imagegate-audit"}
+
 _RECORD_COLUMNS = (
     "seq", "id", "ts", "tenant", "end_user", "model", "outcome", "status", "actions", "categories",
     "record", "digests", "prev_hash", "hash",
@@ -147,13 +150,12 @@ class PostgresAuditStore(GroupCommitStore):
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        settings = {"synchronous_commit": "on", "application_name": "imagegate-audit"}
         try:
-            self._connection = await asyncpg.connect(self.dsn, server_settings=settings)
+            self._connection = await asyncpg.connect(self.dsn, server_settings=_SERVER_SETTINGS)
             async with self._connection.transaction():
                 await self._connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"imagegate-audit:{self.schema}")
                 await self._connection.execute(_schema_sql(self.schema))
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings)
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size, server_settings=_SERVER_SETTINGS)
         except (OSError, asyncpg.PostgresError) as exc:
             await self._shutdown()
             raise AuditWriteError(f"cannot open the PostgreSQL audit store: {exc}") from exc
@@ -166,6 +168,24 @@ class PostgresAuditStore(GroupCommitStore):
             await self._pool.close()
             self._pool = None
 
+    async def _writer_connection(self) -> asyncpg.Connection:
+        """The writer's connection, opened again when the server dropped it (a restart, a failover,
+        a network cut): a PostgreSQL that comes back must not need a restart of imagegate. The pool
+        used for reads reconnects by itself; this one connection must be replaced by hand."""
+        connection = self._connection
+        if connection is not None and not connection.is_closed():
+            return connection
+        if self._pool is None:
+            raise AuditWriteError("the audit store is closed")
+        if connection is not None:
+            connection.terminate()
+            self._connection = None
+        try:
+            self._connection = await asyncpg.connect(self.dsn, server_settings=_SERVER_SETTINGS)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise AuditWriteError(f"cannot reconnect to the PostgreSQL audit store: {exc}") from exc
+        return self._connection
+
     def _pool_or_fail(self) -> asyncpg.Pool:
         if self._pool is None:
             raise AuditWriteError("the audit store is closed")
@@ -174,9 +194,7 @@ class PostgresAuditStore(GroupCommitStore):
     # -- writing ---------------------------------------------------------------------------------
 
     async def _commit(self, batch: list[PreparedRecord], *, checkpoint_only: bool = False) -> list[int]:
-        connection = self._connection
-        if connection is None:
-            raise AuditWriteError("the audit store is closed")
+        connection = await self._writer_connection()
         s = self.schema
         async with connection.transaction():
             head = await connection.fetchrow(

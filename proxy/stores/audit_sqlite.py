@@ -402,7 +402,10 @@ class SqliteAuditStore(GroupCommitStore):
             self._maybe_checkpoint(connection, seq, prev, force=checkpoint_only and self._closing)
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # SQLite has rolled back by itself after some errors (SQLITE_FULL): a second ROLLBACK
+            # would raise and hide the real cause.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
         return seqs
 

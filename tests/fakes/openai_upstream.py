@@ -1,7 +1,9 @@
 """A fake OpenAI Images API, built from the documented request and response shapes.
 
 It is the only fake in the suite (the upstream provider is out of reach here). Each test can swap
-the behaviour with a handler function, in the manner of httpx's MockTransport.
+the behaviour with a handler function, in the manner of httpx's MockTransport, or set `fault` to one
+of the `FAULTS` a real provider shows (a 5xx, a connection reset half-way through the answer, a
+truncated image, an answer that trickles in), and set it back to None to end the fault.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from aiohttp import web
 from PIL import Image
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Faults `FakeOpenAI.fault` can act out:
+#: - server_error: HTTP 500 with OpenAI's server-error body;
+#: - reset_mid_body: the headers and half of the JSON answer, then the connection is reset;
+#: - truncated_image: a well-formed answer whose images are cut in half (PNG signature intact);
+#: - drip: the answer trickles in, 64 bytes every `drip_s` seconds.
+FAULTS = ("server_error", "reset_mid_body", "truncated_image", "drip")
 
 
 def make_image(size: tuple[int, int] = (64, 64), fmt: str = "png", colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -45,6 +54,10 @@ class FakeOpenAI:
     image_side: int = 64
     #: Random pixels instead of a flat colour: images that do not compress (large answers).
     noise: bool = False
+    #: One of `FAULTS` to act out instead of a normal answer; None answers normally.
+    fault: str | None = None
+    #: Seconds between two chunks of a `drip` answer.
+    drip_s: float = 0.05
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=200 * 1024 * 1024)
@@ -58,7 +71,7 @@ class FakeOpenAI:
             return await self.handler(request)
         return await self.images(request)
 
-    async def images(self, request: web.Request) -> web.Response:
+    async def images(self, request: web.Request) -> web.StreamResponse:
         if request.path.endswith("/edits"):
             form = await request.post()
             fields: dict[str, Any] = {}
@@ -78,10 +91,34 @@ class FakeOpenAI:
         fmt = fields.get("output_format", "png")
         side = (self.image_side, self.image_side)
         images = [noise_image(side, fmt) if self.noise else make_image(side, fmt, (40 * i % 255, 80, 120)) for i in range(n)]
+        if self.fault == "truncated_image":
+            images = [image[: len(image) // 2] for image in images]
         data = [{"b64_json": base64.b64encode(image).decode()} for image in images]
         body = {
             "created": 1_700_000_000,
             "data": data,
             "usage": {"input_tokens": 10, "output_tokens": 272 * n, "total_tokens": 10 + 272 * n},
         }
+        if self.fault == "server_error":
+            error = {"message": "The server had an error while processing your request.", "type": "server_error", "param": None, "code": None}
+            return web.json_response({"error": error}, status=500)
+        if self.fault in ("reset_mid_body", "drip"):
+            return await self._stream_faulty(request, json.dumps(body).encode())
         return web.Response(body=json.dumps(body), content_type="application/json")
+
+    async def _stream_faulty(self, request: web.Request, payload: bytes) -> web.StreamResponse:
+        """Announce the whole answer (Content-Length), then reset half-way or let it trickle in."""
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(payload)
+        await response.prepare(request)
+        if self.fault == "reset_mid_body":
+            await response.write(payload[: len(payload) // 2])
+            await asyncio.sleep(0.05)  # let the half reach the client before the reset
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        for start in range(0, len(payload), 64):
+            await response.write(payload[start : start + 64])
+            await asyncio.sleep(self.drip_s)
+        await response.write_eof()
+        return response
