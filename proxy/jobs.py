@@ -38,7 +38,7 @@ from .adapters.base import UPSTREAM_STARTED
 from .adapters.surface import JobSurface, SurfaceRoute, base_url
 from .errors import ImagegateError, InvalidRequestError
 from .exchange import Exchange
-from .webhooks import WebhookSender
+from .webhooks import WebhookSender, derive_tenant_secret
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -207,9 +207,15 @@ class JobRunner:
     def __init__(self, store: JobStore, webhooks: WebhookSender, webhook_secret: str, *, submit_wait_s: float = 120.0) -> None:
         self.store = store
         self.webhooks = webhooks
+        #: The master secret: never handed out; each tenant gets its own secret derived from it.
         self.webhook_secret = webhook_secret
         self.submit_wait_s = submit_wait_s
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def webhook_secret_for(self, tenant: str | None) -> str:
+        """The secret that signs `tenant`'s webhooks (`whsec_...`), derived from the master secret:
+        a tenant that reads its own secret cannot sign deliveries that another tenant would trust."""
+        return derive_tenant_secret(self.webhook_secret, tenant or "")
 
     async def start(self) -> None:
         await self.webhooks.start()
@@ -327,7 +333,8 @@ class JobRunner:
         log.info("job_finished", job_id=job.id, status=job.status, audit_id=job.audit_id)
         if job.webhook and job.reached_upstream:
             payload = surface.webhook_body(job, self.urls(job, gateway))
-            await self.webhooks.deliver(job.webhook["url"], payload, job.webhook.get("secret") or self.webhook_secret)
+            secret = job.webhook.get("secret") or self.webhook_secret_for(job.tenant)
+            await self.webhooks.deliver(job.webhook["url"], payload, secret)
 
     async def _process(
         self, job: JobRecord, exchange: Exchange, surface: JobSurface, gateway: Gateway, audit: Audit

@@ -8,8 +8,10 @@ can never receive an unmoderated original through its webhook.
 Deliveries are signed the Standard Webhooks way (the scheme Replicate uses and its SDK validates):
 headers `webhook-id`, `webhook-timestamp` (Unix seconds) and `webhook-signature: v1,<base64
 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>`. The secret is `whsec_` + base64 of the key bytes:
-the client's own `webhook_secret` where its API has one (BFL), otherwise imagegate's webhook secret,
-which a tenant can read like Replicate's (`GET /replicate/v1/webhooks/default/secret`).
+the client's own `webhook_secret` where its API has one (BFL), otherwise the tenant's own secret,
+derived from imagegate's master webhook secret (which is never handed out), and readable by that
+tenant like Replicate's (`GET /replicate/v1/webhooks/default/secret`). One tenant's secret cannot
+sign a delivery that another tenant would accept.
 
 The target URL goes through the same SSRF guard as image fetches: http(s) only, no credentials, no
 private, loopback or link-local address (checked after DNS, inside the connector), no redirects
@@ -70,6 +72,12 @@ def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance_s: in
         return False
     expected = sign(secret, webhook_id, timestamp, body)
     return any(hmac.compare_digest(expected, candidate) for candidate in signatures)
+
+
+def derive_tenant_secret(master: str, tenant: str) -> str:
+    """A tenant's own `whsec_...` secret: HMAC-SHA256 of the tenant name under the master key."""
+    key = hmac.new(secret_key_bytes(master), b"imagegate-webhook-tenant:" + tenant.encode("utf-8"), hashlib.sha256).digest()
+    return "whsec_" + base64.b64encode(key).decode("ascii")
 
 
 def load_or_create_webhook_secret(path: Path) -> str:

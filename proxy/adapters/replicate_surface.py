@@ -51,9 +51,9 @@ class ReplicateSurface:
         from ..app import GATEWAY
 
         gateway = request.app[GATEWAY]
-        gateway.authenticate.identify(self.credential(request))
+        caller = gateway.authenticate.identify(self.credential(request))
         assert gateway.jobs is not None
-        return web.json_response({"key": gateway.jobs.webhook_secret})
+        return web.json_response({"key": gateway.jobs.webhook_secret_for(caller.tenant)})
 
     def wait_seconds(self, request: web.Request) -> float:
         match = _WAIT.match(request.headers.get("Prefer", ""))

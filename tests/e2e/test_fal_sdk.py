@@ -333,7 +333,7 @@ async def test_webhook_gets_the_processed_result_once_signed(env, tls) -> None:
         await receiver.close()
     assert len(received) == 1
     headers, body = received[0]
-    assert webhooks.verify(env["app"][GATEWAY].jobs.webhook_secret, headers, body)
+    assert webhooks.verify(env["app"][GATEWAY].jobs.webhook_secret_for("acme"), headers, body)  # the tenant's own secret
     payload = json.loads(body)
     assert payload["request_id"] == handle.request_id and payload["status"] == "OK"
     assert URL(payload["payload"]["images"][0]["url"]).path.startswith("/v1/assets/")

@@ -134,3 +134,7 @@ async def test_webhook_gets_processed_prediction_signed_with_the_default_secret(
     payload = json.loads(body)
     assert payload["status"] == "succeeded" and URL(payload["output"][0]).path.startswith("/v1/assets/")
     assert "webhook" not in env["fake"].created[0]["body"]
+    # Each tenant has its own secret: globex's cannot vouch for a delivery made to acme.
+    other = await sdk(env["base"], OTHER_TENANT_KEY).webhooks.default.async_secret()
+    assert other.key != secret.key and not webhooks.verify(other.key, headers, body)
+    assert secret.key != env["app"][GATEWAY].jobs.webhook_secret  # the master secret is never handed out
