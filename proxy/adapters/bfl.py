@@ -26,9 +26,8 @@ from yarl import URL
 
 from ..errors import ContentPolicyError, UpstreamBadResponseError, UpstreamError, UpstreamTimeoutError
 from ..exchange import GeneratedImage, GenerationRequest, GenerationResult
-from ..fetch import AddressPolicy, public_only
 from .base import Provider
-from .http import ImageFetcher, ProviderHTTP, cost_hint, host_allowed
+from .http import JobProviderHTTP, cost_hint, host_allowed
 
 DEFAULT_SIZE = (1024, 768)
 PENDING = {"Pending", "Processing", "Queued"}
@@ -41,40 +40,7 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     return (int(width), int(height)) if width.isdigit() and height.isdigit() else None
 
 
-class BFLUpstream(ProviderHTTP, Provider):
-    def __init__(
-        self,
-        name: str,
-        *,
-        base_url: str,
-        api_key: str | None,
-        timeout_s: float = 300.0,
-        connect_timeout_s: float = 10.0,
-        poll_interval_s: float = 0.5,
-        image_url_hosts: list[str] | None = None,
-        address_policy: AddressPolicy = public_only,
-        image_max_bytes: int = 50 * 1024 * 1024,
-        image_fetch_timeout_s: float = 30.0,
-        resolver: Any = None,
-    ) -> None:
-        super().__init__(name, base_url=base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
-        self._api_key = api_key
-        self.total_timeout_s = timeout_s
-        self.poll_interval_s = poll_interval_s
-        self.image_url_hosts = list(image_url_hosts or [])
-        self.fetcher = ImageFetcher(
-            name, hosts=self.image_url_hosts, policy=address_policy, max_bytes=image_max_bytes,
-            timeout_s=image_fetch_timeout_s, resolver=resolver,
-        )
-
-    async def start(self) -> None:
-        await super().start()
-        await self.fetcher.start()
-
-    async def close(self) -> None:
-        await self.fetcher.close()
-        await super().close()
-
+class BFLUpstream(JobProviderHTTP, Provider):
     def _headers(self) -> dict[str, str]:
         headers = {"accept": "application/json"}
         if self._api_key:

@@ -153,6 +153,47 @@ class ProviderHTTP:
         raise UpstreamStatusError(status, body, headers.get("Content-Type", "application/json"), f"upstream answered HTTP {status}")
 
 
+
+class JobProviderHTTP(ProviderHTTP):
+    """`ProviderHTTP` for the providers that run jobs and answer with image URLs (BFL, fal,
+    Replicate): the key, the polling cadence, the whole-job deadline and the guarded `ImageFetcher`
+    (host allow-list, public addresses only, size and time caps) with its own session."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str | None,
+        timeout_s: float = 300.0,
+        connect_timeout_s: float = 10.0,
+        poll_interval_s: float = 0.5,
+        image_url_hosts: list[str] | None = None,
+        address_policy: AddressPolicy = public_only,
+        image_max_bytes: int = 50 * 1024 * 1024,
+        image_fetch_timeout_s: float = 30.0,
+        resolver: Any = None,
+    ) -> None:
+        super().__init__(name, base_url=base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
+        self._api_key = api_key
+        #: The whole job, submit to result, must finish within this.
+        self.total_timeout_s = timeout_s
+        self.poll_interval_s = poll_interval_s
+        self.image_url_hosts = list(image_url_hosts or [])
+        self.fetcher = ImageFetcher(
+            name, hosts=self.image_url_hosts, policy=address_policy, max_bytes=image_max_bytes,
+            timeout_s=image_fetch_timeout_s, resolver=resolver,
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        await self.fetcher.start()
+
+    async def close(self) -> None:
+        await self.fetcher.close()
+        await super().close()
+
+
 def megapixels(width: int, height: int) -> float:
     return round(width * height / 1_000_000, 3)
 

@@ -18,47 +18,17 @@ from typing import Any
 
 from ..errors import UpstreamBadResponseError, UpstreamError, UpstreamTimeoutError
 from ..exchange import GeneratedImage, GenerationRequest, GenerationResult
-from ..fetch import AddressPolicy, public_only
 from .base import Provider
-from .http import ImageFetcher, ProviderHTTP, cost_hint
+from .http import JobProviderHTTP, cost_hint
 
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 
 
-class ReplicateUpstream(ProviderHTTP, Provider):
-    def __init__(
-        self,
-        name: str,
-        *,
-        base_url: str,
-        api_key: str | None,
-        timeout_s: float = 300.0,
-        connect_timeout_s: float = 10.0,
-        poll_interval_s: float = 0.5,
-        image_url_hosts: list[str] | None = None,
-        address_policy: AddressPolicy = public_only,
-        image_max_bytes: int = 50 * 1024 * 1024,
-        image_fetch_timeout_s: float = 30.0,
-        resolver: Any = None,
-        wait_s: int = 60,
-    ) -> None:
-        super().__init__(name, base_url=base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
-        self._api_key = api_key
-        self.total_timeout_s = timeout_s
-        self.poll_interval_s = poll_interval_s
+class ReplicateUpstream(JobProviderHTTP, Provider):
+    def __init__(self, name: str, *, wait_s: int = 60, **options: Any) -> None:
+        super().__init__(name, **options)
+        #: Seconds to ask Replicate to hold the create call open (`Prefer: wait`).
         self.wait_s = wait_s
-        self.fetcher = ImageFetcher(
-            name, hosts=list(image_url_hosts or []), policy=address_policy, max_bytes=image_max_bytes,
-            timeout_s=image_fetch_timeout_s, resolver=resolver,
-        )
-
-    async def start(self) -> None:
-        await super().start()
-        await self.fetcher.start()
-
-    async def close(self) -> None:
-        await self.fetcher.close()
-        await super().close()
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
