@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import (
     ImagegateError,
     InvalidRequestError,
-    PayloadTooLargeError,
     UnsupportedMediaError,
     UpstreamStatusError,
 )
@@ -31,9 +30,11 @@ from .surface import (
     ParseContext,
     SurfaceRoute,
     bearer_token,
+    check_length,
     load_json_object,
     next_part,
     open_multipart,
+    read_limited,
     read_part,
     safe_filename,
 )
@@ -95,30 +96,13 @@ def _to_request(
     )
 
 
-def _check_length(request: web.Request, limit: int) -> None:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLargeError(f"The request body is {request.content_length} bytes; the limit is {limit}.")
-
-
 async def parse_generation(request: web.Request, *, default_model: str, max_body_bytes: int) -> GenerationRequest:
-    _check_length(request, max_body_bytes)
-    fields = load_json_object(await _read_limited(request, max_body_bytes))
+    fields = load_json_object(await read_limited(request, max_body_bytes))
     return _to_request(fields, "generate", default_model)
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLargeError(f"The request body is larger than the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def parse_edit(request: web.Request, *, default_model: str, max_body_bytes: int) -> GenerationRequest:
-    _check_length(request, max_body_bytes)
+    check_length(request, max_body_bytes)
     if not request.content_type.startswith("multipart/form-data"):
         raise UnsupportedMediaError("Image edits must be sent as multipart/form-data.")
     reader = await open_multipart(request)
