@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -35,7 +36,7 @@ from ..fetch import AddressPolicy, FetchError, SafeFetcher, UnsafeURLError, publ
 from ..redact import credentials_in, mask
 
 
-def host_allowed(host: str, patterns: set[str]) -> bool:
+def host_allowed(host: str, patterns: Iterable[str]) -> bool:
     host = host.lower().rstrip(".")
     for pattern in patterns:
         pattern = pattern.lower()
@@ -154,10 +155,10 @@ class ProviderHTTP:
 
 
 
-class JobProviderHTTP(ProviderHTTP):
-    """`ProviderHTTP` for the providers that run jobs and answer with image URLs (BFL, fal,
-    Replicate): the key, the polling cadence, the whole-job deadline and the guarded `ImageFetcher`
-    (host allow-list, public addresses only, size and time caps) with its own session."""
+class ImageURLProviderHTTP(ProviderHTTP):
+    """`ProviderHTTP` for providers that may answer with image URLs (OpenAI, BFL, fal, Replicate):
+    the key and the guarded `ImageFetcher` (host allow-list, public addresses only, size and time
+    caps) with its own session, started and closed with the provider's."""
 
     def __init__(
         self,
@@ -165,9 +166,8 @@ class JobProviderHTTP(ProviderHTTP):
         *,
         base_url: str,
         api_key: str | None,
-        timeout_s: float = 300.0,
+        timeout_s: float = 120.0,
         connect_timeout_s: float = 10.0,
-        poll_interval_s: float = 0.5,
         image_url_hosts: list[str] | None = None,
         address_policy: AddressPolicy = public_only,
         image_max_bytes: int = 50 * 1024 * 1024,
@@ -176,9 +176,6 @@ class JobProviderHTTP(ProviderHTTP):
     ) -> None:
         super().__init__(name, base_url=base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
         self._api_key = api_key
-        #: The whole job, submit to result, must finish within this.
-        self.total_timeout_s = timeout_s
-        self.poll_interval_s = poll_interval_s
         self.image_url_hosts = list(image_url_hosts or [])
         self.fetcher = ImageFetcher(
             name, hosts=self.image_url_hosts, policy=address_policy, max_bytes=image_max_bytes,
@@ -192,6 +189,17 @@ class JobProviderHTTP(ProviderHTTP):
     async def close(self) -> None:
         await self.fetcher.close()
         await super().close()
+
+
+class JobProviderHTTP(ImageURLProviderHTTP):
+    """An `ImageURLProviderHTTP` that runs jobs (BFL, fal, Replicate): adds the polling cadence and
+    the whole-job deadline."""
+
+    def __init__(self, name: str, *, timeout_s: float = 300.0, poll_interval_s: float = 0.5, **options: Any) -> None:
+        super().__init__(name, timeout_s=timeout_s, **options)
+        #: The whole job, submit to result, must finish within this.
+        self.total_timeout_s = timeout_s
+        self.poll_interval_s = poll_interval_s
 
 
 def megapixels(width: int, height: int) -> float:

@@ -24,13 +24,13 @@ from ..errors import UpstreamBadResponseError
 from ..exchange import GeneratedImage, GenerationRequest, GenerationResult, sniff_media_type
 from ..fetch import AddressPolicy, public_only
 from .base import Provider
-from .http import MAX_UPSTREAM_BODY, ImageFetcher, ProviderHTTP, host_allowed
+from .http import MAX_UPSTREAM_BODY, ImageURLProviderHTTP, host_allowed
 
 #: Models that accept `response_format` (the gpt-image family always answers in base64).
 RESPONSE_FORMAT_MODELS = ("dall-e-2", "dall-e-3")
 
 
-class OpenAIUpstream(ProviderHTTP, Provider):
+class OpenAIUpstream(ImageURLProviderHTTP, Provider):
     def __init__(
         self,
         name: str,
@@ -43,23 +43,13 @@ class OpenAIUpstream(ProviderHTTP, Provider):
         address_policy: AddressPolicy = public_only,
         resolver: AbstractResolver | None = None,
     ) -> None:
-        super().__init__(name, base_url=base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
-        self._api_key = api_key
-        self.image_url_hosts = set(image_url_hosts or [])
-        # Image URLs are fetched like every provider's: allow-listed hosts, public addresses only
-        # (checked after DNS and on every redirect), size and time caps.
-        self.fetcher = ImageFetcher(
-            name, hosts=list(self.image_url_hosts), policy=address_policy, max_bytes=MAX_UPSTREAM_BODY,
-            timeout_s=timeout_s, resolver=resolver,
+        # Image URLs (dall-e) are fetched like every provider's: allow-listed hosts, public addresses
+        # only (checked after DNS and on every redirect), size and time caps.
+        super().__init__(
+            name, base_url=base_url, api_key=api_key, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s,
+            image_url_hosts=image_url_hosts, address_policy=address_policy, image_max_bytes=MAX_UPSTREAM_BODY,
+            image_fetch_timeout_s=timeout_s, resolver=resolver,
         )
-
-    async def start(self) -> None:
-        await super().start()
-        await self.fetcher.start()
-
-    async def close(self) -> None:
-        await self.fetcher.close()
-        await super().close()
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
