@@ -182,13 +182,9 @@ class RedisJobStore:
 def open_job_store(config: JobSettings) -> JobStore:
     """The store `jobs:` configures (process memory by default)."""
     if config.backend == "redis":
-        import os
+        from .settings import url_from
 
-        from .settings import ConfigError
-
-        url = os.environ.get(config.redis_url_env, "") if config.redis_url_env else config.redis_url
-        if not url:
-            raise ConfigError(f"jobs.redis_url_env names {config.redis_url_env!r}, which is not set")
+        url = url_from("jobs", config.redis_url, config.redis_url_env)
         return RedisJobStore(url, key_prefix=config.key_prefix, ttl_s=config.ttl_s)
     return MemoryJobStore(ttl_s=config.ttl_s)
 

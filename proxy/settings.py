@@ -284,6 +284,17 @@ class ConfigError(ValueError):
 _SECRET_KEYS = {"api_key", "private_key", "private_key_pem", "password", "secret"}
 
 
+def url_from(section: str, url: str, url_env: str | None) -> str:
+    """A section's service URL: from the variable `url_env` names when set (URLs that carry a
+    password), else `url`; a named variable that is not set is a configuration error."""
+    if not url_env:
+        return url
+    value = os.environ.get(url_env, "")
+    if not value:
+        raise ConfigError(f"{section}.redis_url_env names {url_env!r}, which is not set")
+    return value
+
+
 def _refuse_secrets(data: Any, path: str = "") -> None:
     if isinstance(data, dict):
         for key, value in data.items():

@@ -48,7 +48,7 @@ from ..errors import ImagegateError, InvalidRequestError, RateLimitError
 from ..exchange import Exchange
 from ..metrics import Metrics
 from ..pipeline import BaseStage
-from ..settings import ConfigError, Model, Settings
+from ..settings import ConfigError, Model, Settings, url_from
 from ..stores.limits import (
     CheckOutcome,
     LimitStore,
@@ -395,8 +395,6 @@ def refusal(outcome: CheckOutcome, headers: dict[str, str], now: float) -> RateL
 
 def build_limits_stage(settings: Settings) -> LimitsStage:
     """The stage from the config: global `limits:` plus each tenant's `limits:` section."""
-    import os
-
     try:
         config = LimitsSettings.model_validate(settings.limits)
         policies = {
@@ -407,9 +405,7 @@ def build_limits_stage(settings: Settings) -> LimitsStage:
         raise ConfigError(f"invalid limits configuration: {exc}") from exc
     store: LimitStore
     if config.backend == "redis":
-        url = os.environ.get(config.redis_url_env, "") if config.redis_url_env else config.redis_url
-        if not url:
-            raise ConfigError(f"limits.redis_url_env names {config.redis_url_env!r}, which is not set")
+        url = url_from("limits", config.redis_url, config.redis_url_env)
         store = RedisLimitStore(url, key_prefix=config.key_prefix, timeout_s=config.timeout_s)
     else:
         store = MemoryLimitStore()
