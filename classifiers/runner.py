@@ -50,6 +50,7 @@ class BatchingRunner:
         self.batches_run = 0
         self.images_run = 0
         self.busy_seconds = 0.0  # time spent in the worker thread
+        self.in_batch = 0  # images of the batch being run now
 
     @property
     def queue_depth(self) -> int:
@@ -120,6 +121,7 @@ class BatchingRunner:
             if not batch:
                 continue
             started = time.perf_counter()
+            self.in_batch = len(batch)
             try:
                 outcomes = await loop.run_in_executor(
                     self._executor, self.classifier.classify_outcomes, [pending.image for pending in batch]
@@ -137,6 +139,7 @@ class BatchingRunner:
                 continue
             finally:
                 self.busy_seconds += time.perf_counter() - started
+                self.in_batch = 0
             self.batches_run += 1
             self.images_run += len(batch)
             for pending, outcome in zip(batch, outcomes, strict=True):

@@ -51,6 +51,37 @@ class ImageVerdict:
             data["uncalibrated_reasons"] = list(self.uncalibrated_reasons)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageVerdict:
+        """The inverse of `to_dict` (a verdict that travelled over the wire from a classifier service).
+
+        A verdict that says `uncalibrated` stays uncalibrated; malformed data raises ValueError.
+        """
+        try:
+            scores = {str(k): float(v) for k, v in data["scores"].items()}
+            thresholds = {str(k): float(v) for k, v in data["thresholds"].items()}
+            calibrated = data["calibrated"] is True and not data.get("uncalibrated", False)
+            category = data["category"]
+            if category is not None and (category not in scores or category not in thresholds):
+                raise ValueError(f"category {category!r} has no score and threshold")
+            return cls(
+                action=Action(data["action"]),
+                category=category,
+                scores=scores,
+                thresholds=thresholds,
+                method=str(data["method"]),
+                model=str(data["model"]),
+                checkpoint_sha256=data.get("checkpoint_sha256"),
+                calibrated=calibrated,
+                special_care=bool(data.get("special_care", False)),
+                fired=tuple(str(name) for name in data.get("fired", ())),
+                uncalibrated_reasons=tuple(str(r) for r in data.get("uncalibrated_reasons", ()))
+                or (() if calibrated else ("the classifier service reported the model as uncalibrated",)),
+                concepts={str(k): str(v) for k, v in (data.get("concepts") or {}).items()},
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not a verdict: {type(exc).__name__}: {exc}") from None
+
     def summary(self) -> str:
         """One line for logs and the CLI, e.g. `blur sexual 0.312>0.270 | ViT-B-32/... | concepts`."""
         if self.category is not None:

@@ -76,6 +76,78 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=run_eval)
 
+    serve = commands.add_parser(
+        "serve",
+        help="run the classifier as a service that proxies call (classifier.remote), e.g. on GPU nodes",
+        description="Serve POST /v1/classify with the `classifier:` section of the config (model, "
+        "thresholds, actions, batching); images from every proxy are batched together. Needs a shared "
+        "token in $IMAGEGATE_CLASSIFIER_TOKEN (or --token-env) unless --no-auth is given.",
+    )
+    from .serve import add_config_arguments
+
+    add_config_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    serve.add_argument("--port", type=int, default=8090, help="port to listen on (default %(default)s)")
+    serve.add_argument(
+        "--token-env", default="IMAGEGATE_CLASSIFIER_TOKEN", help="variable holding the shared token (default %(default)s)"
+    )
+    serve.add_argument(
+        "--no-auth", action="store_true", help="accept requests without a token (only behind a network boundary)"
+    )
+    serve.add_argument("--max-images", type=int, default=64, help="images per request (default %(default)s)")
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """`imagegate classifier serve`: the model in a process of its own, for proxies to call."""
+    import os
+
+    from aiohttp import web
+
+    from classifiers.errors import ClassifierError
+    from classifiers.settings import ClassifierSettings
+
+    from ..classifier_service import ServiceOptions, create_classifier_app
+    from ..logs import configure_logging
+    from ..settings import ConfigError
+    from .serve import settings_from_args
+
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    section = dict(settings.classifier)
+    section.pop("required", None)
+    if section.pop("remote", None) is not None:
+        return _fail("classifier.remote is set: that is a proxy's setting; the service loads the model itself")
+    section["enabled"] = True
+    try:
+        classifier_settings = ClassifierSettings.model_validate(section)
+    except ValueError as exc:
+        return _fail(f"invalid classifier settings: {exc}")
+    token = os.environ.get(args.token_env) or None
+    if token is None and not args.no_auth:
+        return _fail(f"${args.token_env} is not set: set the shared token, or pass --no-auth behind a network boundary")
+    if args.max_images < 1:
+        return _fail("--max-images must be at least 1")
+    configure_logging(settings.server.log_level, settings.server.log_format)
+    options = ServiceOptions(
+        token=token,
+        max_images=args.max_images,
+        max_body_bytes=settings.server.max_body_bytes,
+        body_timeout_s=settings.server.body_timeout_s,
+    )
+    app = create_classifier_app(classifier_settings, options)
+    print(f"imagegate: classifier service on http://{args.host}:{args.port}/v1/classify", flush=True)
+    try:
+        web.run_app(
+            app, host=args.host, port=args.port, print=None, access_log=None,
+            shutdown_timeout=30.0, handler_cancellation=False,
+        )
+    except ClassifierError as exc:
+        return _fail(f"the classifier could not be loaded: {exc}")
+    return 0
+
 
 def _settings(args: argparse.Namespace, head: Path | None = None) -> Any:
     from classifiers.settings import ClassifierSettings
