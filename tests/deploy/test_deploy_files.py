@@ -5,12 +5,17 @@ No Docker engine or Kubernetes cluster is needed:
   the wheel, non-root, health check, offline weights, `imagegate serve --config ...`).
 - compose.yaml: the Compose Specification JSON schema (`check-jsonschema`'s vendored copy), and
   `docker compose config` where a Compose client is installed.
-- Kubernetes: `kubectl kustomize` renders the base and the GPU overlay (when kubectl is installed;
-  otherwise the base files are read as they are), and every resource is validated in strict mode
-  against the Kubernetes OpenAPI schemas `kubernetes-validate` ships, for the oldest and newest
-  version we claim; then probes, shutdown timing and selectors are checked.
-- The configs (compose and ConfigMap) load with imagegate's own settings loader.
-- The Grafana dashboard only queries metrics that proxy/metrics.py defines.
+- Kubernetes: `kubectl kustomize` renders the base and the GPU and classifier-service overlays
+  (when kubectl is installed; otherwise the base files and the classifier-service overlay's own
+  resource files are read as they are, and its two patches of the proxies are applied here), and
+  every resource is validated in strict mode against the Kubernetes OpenAPI schemas
+  `kubernetes-validate` ships, for the oldest and newest version we claim; then probes, shutdown
+  timing and selectors are checked.
+- The configs (compose and ConfigMaps) load with imagegate's own settings loader; the
+  classifier-service overlay's proxies build a remote classifier and its service's config is a valid
+  `ClassifierSettings`.
+- The Grafana dashboard only queries metrics that imagegate defines (proxy/metrics.py, the remote
+  classifier client's and the classifier service's).
 A validator that is not installed skips its test with the reason.
 """
 
@@ -30,10 +35,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 KUBE = DEPLOY / "kubernetes"
+#: The overlay with the classifier as a separate service (`imagegate classifier serve`).
+CLASSIFIER_OVERLAY = "classifier-service"
 DOCKERFILES = [DEPLOY / "Dockerfile", DEPLOY / "Dockerfile.cuda"]
 #: Kubernetes versions the manifests must be valid for (oldest and newest claimed).
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]
-#: `imagegate serve` runs aiohttp with shutdown_timeout=30 (proxy/commands/serve.py).
+#: `imagegate serve` and `imagegate classifier serve` run aiohttp with shutdown_timeout=30
+#: (proxy/commands/serve.py, proxy/commands/classify.py).
 SERVER_SHUTDOWN_TIMEOUT_S = 30
 
 
@@ -191,7 +199,15 @@ def _configmap_config() -> str:
     return configmap["data"]["imagegate.yaml"]
 
 
-@pytest.mark.parametrize("source", ["compose", "configmap"])
+def _config_text(source: str) -> str:
+    if source == "compose":
+        return (DEPLOY / "imagegate.compose.yaml").read_text()
+    if source == "configmap":
+        return _configmap_config()
+    return _by_kind(_render(CLASSIFIER_OVERLAY), "ConfigMap", "imagegate-config")["data"]["imagegate.yaml"]
+
+
+@pytest.mark.parametrize("source", ["compose", "configmap", CLASSIFIER_OVERLAY])
 def test_deploy_configs_build_the_production_chain(source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The config loads, and `imagegate serve` builds its whole chain from it (nothing is started)."""
     from proxy.app import GATEWAY, create_app
@@ -199,7 +215,7 @@ def test_deploy_configs_build_the_production_chain(source: str, tmp_path: Path, 
     from proxy.stages.factory import full_stages
 
     path = tmp_path / "imagegate.yaml"
-    path.write_text((DEPLOY / "imagegate.compose.yaml").read_text() if source == "compose" else _configmap_config())
+    path.write_text(_config_text(source))
     settings = load_settings(path, environ={})
     assert settings.server.host == "0.0.0.0" and settings.server.port == 8080
     assert settings.audit.backend == "postgres" and settings.audit.dsn_env
@@ -212,6 +228,15 @@ def test_deploy_configs_build_the_production_chain(source: str, tmp_path: Path, 
         # Every environment variable the config names is in the Secret.
         secret = next(d for d in yaml.safe_load_all((KUBE / "base" / "secret.yaml").read_text()) if d["metadata"]["name"] == "imagegate-secrets")
         assert named <= set(secret["stringData"]), named - set(secret["stringData"])
+    elif source == CLASSIFIER_OVERLAY:
+        # The same, plus the classifier service's token, which the proxies get from its own Secret.
+        documents = _render(CLASSIFIER_OVERLAY)
+        token_env = settings.classifier["remote"]["token_env"]
+        secret = _by_kind(documents, "Secret", "imagegate-secrets")
+        assert named <= set(secret["stringData"]), named - set(secret["stringData"])
+        (container,) = _by_kind(documents, "Deployment", "imagegate")["spec"]["template"]["spec"]["containers"]
+        assert _secret_env(documents, container, token_env)
+        monkeypatch.setenv(token_env, "a-token")
     else:
         environment = _compose()["services"]["imagegate-1"]["environment"]
         assert named - {settings.audit.checkpoint_key_env} <= set(environment)
@@ -223,6 +248,10 @@ def test_deploy_configs_build_the_production_chain(source: str, tmp_path: Path, 
     stages = {stage.name: stage for stage in gateway.pipeline.stages}
     assert type(stages["limits"].store).__name__ == "RedisLimitStore"
     assert all(type(stage).__name__ != "SkippedStage" for name, stage in stages.items() if name in ("limits", "licence"))
+    if source == CLASSIFIER_OVERLAY:
+        # Both image stages call the classifier service; neither loads a model.
+        for name in ("output_classifier", "input_images"):
+            assert stages[name].service.remote is not None and stages[name].service.settings is None
 
 
 # -- Kubernetes --------------------------------------------------------------------------------------
@@ -234,16 +263,61 @@ def _render(overlay: str) -> list[dict[str, Any]]:
         result = subprocess.run([kubectl, "kustomize", str(KUBE / overlay)], capture_output=True, text=True, check=False, timeout=60)
         assert result.returncode == 0, result.stderr
         return [d for d in yaml.safe_load_all(result.stdout) if d]
-    if overlay != "base":
+    if overlay not in ("base", CLASSIFIER_OVERLAY):
         pytest.skip("kubectl is not installed: the overlay needs `kubectl kustomize` to render")
-    kustomization = yaml.safe_load((KUBE / "base" / "kustomization.yaml").read_text())
-    documents = []
+    return _render_without_kubectl(overlay)
+
+
+def _render_without_kubectl(overlay: str) -> list[dict[str, Any]]:
+    """The resource files as they are (no namespace, labels or image names), patches applied here.
+
+    Only what the classifier-service overlay patches is supported: a ConfigMap's data keys (replaced
+    whole, as kustomize does) and containers' `env` (merged by name); anything else in a patch fails
+    the test rather than being silently left out.
+    """
+    folder = KUBE / overlay
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    documents: list[dict[str, Any]] = []
     for name in kustomization["resources"]:
-        documents += [d for d in yaml.safe_load_all((KUBE / "base" / name).read_text()) if d]
+        if (folder / name).is_dir():
+            documents += _render_without_kubectl(str((folder / name).resolve().relative_to(KUBE)))
+        else:
+            documents += [d for d in yaml.safe_load_all((folder / name).read_text()) if d]
+    for entry in kustomization.get("patches", []):
+        patch = yaml.safe_load((folder / entry["path"]).read_text())
+        _apply_patch(_by_kind(documents, patch["kind"], patch["metadata"]["name"]), patch)
     return documents
 
 
-@pytest.mark.parametrize("overlay", ["base", "gpu"])
+def _apply_patch(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    assert set(patch) <= {"apiVersion", "kind", "metadata", "data", "spec"}, sorted(patch)
+    assert set(patch["metadata"]) == {"name"}, patch["metadata"]
+    if patch["kind"] == "ConfigMap":
+        assert set(patch) == {"apiVersion", "kind", "metadata", "data"}
+        target["data"].update(patch["data"])
+        return
+    assert patch["kind"] == "Deployment" and set(patch) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(patch["spec"]) == {"template"} and set(patch["spec"]["template"]) == {"spec"}
+    assert set(patch["spec"]["template"]["spec"]) == {"containers"}
+    containers = {c["name"]: c for c in target["spec"]["template"]["spec"]["containers"]}
+    for patched in patch["spec"]["template"]["spec"]["containers"]:
+        assert set(patched) <= {"name", "env"}, sorted(patched)
+        env = containers[patched["name"]].setdefault("env", [])
+        for variable in patched.get("env", []):
+            env[:] = [v for v in env if v["name"] != variable["name"]] + [variable]
+
+
+def _secret_env(documents: list[dict[str, Any]], container: dict[str, Any], name: str) -> str:
+    """The Secret whose key `name` the container's variable `name` comes from (asserts it exists)."""
+    (variable,) = [v for v in container.get("env", []) if v["name"] == name]
+    reference = variable["valueFrom"]["secretKeyRef"]
+    assert reference["key"] == name
+    secret = _by_kind(documents, "Secret", reference["name"])
+    assert name in secret["stringData"], f"{name} is not in the Secret {reference['name']}"
+    return reference["name"]
+
+
+@pytest.mark.parametrize("overlay", ["base", "gpu", CLASSIFIER_OVERLAY])
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_kubernetes_manifests_validate(overlay: str, version: str) -> None:
     try:
@@ -260,14 +334,19 @@ def test_kubernetes_manifests_validate(overlay: str, version: str) -> None:
             pytest.fail(f"{document['kind']}/{document['metadata']['name']} invalid for {version}: {exc.message} at {list(exc.path)}")
 
 
-def _by_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    (found,) = [d for d in documents if d["kind"] == kind]
+def _by_kind(documents: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    (found,) = [d for d in documents if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     return found
 
 
-@pytest.mark.parametrize("overlay", ["base", "gpu"])
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+@pytest.mark.parametrize("overlay", ["base", "gpu", CLASSIFIER_OVERLAY])
 def test_kubernetes_probes_shutdown_and_selectors(overlay: str) -> None:
-    documents = _render(overlay)
+    """The gateway (the proxies): in the classifier-service overlay, next to the classifier's own."""
+    documents = [d for d in _render(overlay) if d["metadata"]["name"] == "imagegate"]
     deployment = _by_kind(documents, "Deployment")
     pod = deployment["spec"]["template"]
     labels = pod["metadata"]["labels"]
@@ -298,27 +377,163 @@ def test_kubernetes_probes_shutdown_and_selectors(overlay: str) -> None:
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert {"name": "IMAGEGATE_CLASSIFIER__DEVICE", "value": "cuda"} in container["env"]
         assert container["image"].endswith("-cuda")
+    else:
+        assert not container["image"].endswith("-cuda")
+
+
+def test_classifier_service_pods_probes_shutdown_and_selectors() -> None:
+    """The classifier Deployment of the classifier-service overlay, its Service, PDB and HPA."""
+    documents = _render(CLASSIFIER_OVERLAY)
+    deployment = _by_kind(documents, "Deployment", "imagegate-classifier")
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    (container,) = pod["spec"]["containers"]
+    args = container["args"]
+    assert args[:3] == ["classifier", "serve", "--config"] and args[4:] == ["--host", "0.0.0.0", "--port", "8090"]
+    # The config file it names is the service's ConfigMap key, mounted where it says.
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    config_mount = next(m for m in container["volumeMounts"] if "configMap" in volumes[m["name"]])
+    configmap = _by_kind(documents, "ConfigMap", volumes[config_mount["name"]]["configMap"]["name"])
+    assert configmap["metadata"]["name"] != "imagegate-config", "the service has a config of its own"
+    assert Path(args[3]).parent == Path(config_mount["mountPath"]) and Path(args[3]).name in configmap["data"]
+    assert container["image"].endswith("-cuda")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "cpu" in container["resources"]["requests"], "the CPU HPA needs a CPU request"
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["spec"]["tolerations"])
+    # Probes: the port opens only once the model is loaded, so the startup probe allows for that.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz" and startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    (port,) = container["ports"]
+    assert port["containerPort"] == 8090 and all(
+        probe["httpGet"]["port"] in (port["name"], 8090) for probe in (startup, container["readinessProbe"], container["livenessProbe"])
+    )
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod["spec"]["terminationGracePeriodSeconds"] > int(pre_stop[1]) + SERVER_SHUTDOWN_TIMEOUT_S
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in container["env"]
+    # Only the token: the classifier pods get none of imagegate-secrets (provider keys, DSNs).
+    assert "envFrom" not in container
+    token_secret = _secret_env(documents, container, "IMAGEGATE_CLASSIFIER_TOKEN")
+    assert token_secret != "imagegate-secrets"
+    # Selectors: the classifier's own objects select its pods; the gateway's select none of them.
+    assert _matches(deployment["spec"]["selector"]["matchLabels"], labels)
+    service = _by_kind(documents, "Service", "imagegate-classifier")
+    assert _matches(service["spec"]["selector"], labels)
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] in (port["name"], port["containerPort"])
+    pdb = _by_kind(documents, "PodDisruptionBudget", "imagegate-classifier")
+    assert _matches(pdb["spec"]["selector"]["matchLabels"], labels)
+    hpa = _by_kind(documents, "HorizontalPodAutoscaler", "imagegate-classifier")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "imagegate-classifier"}
+    assert hpa["spec"]["minReplicas"] >= 2 and pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+    gateway = _by_kind(documents, "Deployment", "imagegate")
+    gateway_labels = gateway["spec"]["template"]["metadata"]["labels"]
+    assert not _matches(gateway["spec"]["selector"]["matchLabels"], labels)
+    assert not _matches(deployment["spec"]["selector"]["matchLabels"], gateway_labels)
+    assert not _matches(_by_kind(documents, "Service", "imagegate")["spec"]["selector"], labels)
+    assert not _matches(service["spec"]["selector"], gateway_labels)
+    assert not _matches(_by_kind(documents, "PodDisruptionBudget", "imagegate")["spec"]["selector"]["matchLabels"], labels)
+
+
+def test_classifier_service_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxies' config is the base's with `classifier.remote` pointing at the Service, and builds
+    a remote classifier; the service's config is what `imagegate classifier serve` accepts."""
+    from urllib.parse import urlsplit
+
+    from classifiers.settings import ClassifierSettings
+    from proxy.settings import load_settings
+    from proxy.stages.image_classifier import classifier_service
+
+    documents = _render(CLASSIFIER_OVERLAY)
+    proxy_text = _by_kind(documents, "ConfigMap", "imagegate-config")["data"]["imagegate.yaml"]
+    proxy_config, base_config = yaml.safe_load(proxy_text), yaml.safe_load(_configmap_config())
+    # Everything but the classifier section is the base's (the patch carries the whole file).
+    assert {k: v for k, v in proxy_config.items() if k != "classifier"} == {k: v for k, v in base_config.items() if k != "classifier"}
+    path = tmp_path / "imagegate.yaml"
+    path.write_text(proxy_text)
+    section = load_settings(path, environ={}).classifier
+    assert set(section) == {"remote", "required"} and section["required"] is True
+    remote = section["remote"]
+    service = _by_kind(documents, "Service", "imagegate-classifier")
+    url = urlsplit(remote["url"])
+    namespace = service["metadata"].get("namespace", "imagegate")
+    assert url.scheme == "http" and url.hostname in (
+        service["metadata"]["name"], f"{service['metadata']['name']}.{namespace}.svc",
+        f"{service['metadata']['name']}.{namespace}.svc.cluster.local",
+    )
+    assert url.port == service["spec"]["ports"][0]["port"]
+    # The proxy's call gives up well before the service's drain would cut it.
+    assert remote.get("timeout_s", 10) < SERVER_SHUTDOWN_TIMEOUT_S
+    proxies = _by_kind(documents, "Deployment", "imagegate")["spec"]["template"]["spec"]["containers"][0]
+    classifiers = _by_kind(documents, "Deployment", "imagegate-classifier")["spec"]["template"]["spec"]["containers"][0]
+    token_env = remote["token_env"]
+    assert _secret_env(documents, proxies, token_env) == _secret_env(documents, classifiers, "IMAGEGATE_CLASSIFIER_TOKEN")
+    assert token_env == "IMAGEGATE_CLASSIFIER_TOKEN", "the service reads $IMAGEGATE_CLASSIFIER_TOKEN (no --token-env given)"
+    monkeypatch.setenv(token_env, "a-token")
+    built = classifier_service(section)
+    assert built.remote is not None and built.settings is None and built.required
+    assert built.remote.url == remote["url"].rstrip("/")
+
+    # The service's config: loaded as `imagegate classifier serve` loads it (proxy/commands/classify.py).
+    args = classifiers["args"]
+    configmap = _by_kind(documents, "ConfigMap", "imagegate-classifier-config")
+    service_path = tmp_path / "classifier.yaml"
+    service_path.write_text(configmap["data"][Path(args[args.index("--config") + 1]).name])
+    service_section = dict(load_settings(service_path, environ={}).classifier)
+    service_section.pop("required", None)
+    assert "remote" not in service_section
+    settings = ClassifierSettings.model_validate({**service_section, "enabled": True})
+    assert settings.device == "cuda"
+    # HF_HUB_OFFLINE=1 in the pod: the model must be the one deploy/Dockerfile.cuda bakes in.
+    baked = dict(re.findall(r"^ARG (CLIP_\w+)=(\S+)", (DEPLOY / "Dockerfile.cuda").read_text(), re.MULTILINE))
+    assert (settings.model, settings.pretrained) == (baked["CLIP_MODEL"], baked["CLIP_PRETRAINED"])
 
 
 # -- Grafana -----------------------------------------------------------------------------------------
 
 
-def test_grafana_dashboard_queries_only_real_metrics() -> None:
-    from proxy.metrics import Metrics
+def _defined_metrics(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Every metric name imagegate exports: a proxy's (with its in-process runner, and with a remote
+    classifier), and the classifier service's (`imagegate classifier serve`)."""
+    from types import SimpleNamespace
 
+    from proxy.classifier_service import ClassifierServiceState, ServiceOptions
+    from proxy.metrics import Metrics
+    from proxy.stages.image_classifier import classifier_service
+
+    # The runner's counters are only exported once a runner exists: a stand-in with its attributes.
+    runner = SimpleNamespace(queue_depth=0, in_batch=0, batches_run=0, images_run=0, busy_seconds=0.0)
+    in_process = Metrics()
+    in_process.classifier_runner = lambda: runner
+    remote = Metrics()
+    monkeypatch.setenv("IMAGEGATE_CLASSIFIER_TOKEN", "a-token")
+    classifier_service({"remote": {"url": "http://imagegate-classifier:8090"}}).bind_metrics(remote)
+    service = ClassifierServiceState(ServiceOptions(token=None), runner=runner)
+    defined = set()
+    for registry in (in_process.registry, remote.registry, service.registry):
+        for family in registry.collect():
+            defined.add(family.name + ("_total" if family.type == "counter" else ""))
+            defined.add(family.name)
+    return defined
+
+
+def test_grafana_dashboard_queries_only_real_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert exprs
     used = {re.sub(r"_(bucket|sum|count)$", "", name) for expr in exprs for name in re.findall(r"\bimagegate_[a-z_]+", expr)}
-    defined = set()
-    for family in Metrics().registry.collect():
-        defined.add(family.name + ("_total" if family.type == "counter" else ""))
-        defined.add(family.name)
+    defined = _defined_metrics(monkeypatch)
     assert used <= defined, used - defined
     expected = {
         "imagegate_requests_total", "imagegate_decisions_total", "imagegate_upstream_latency_seconds",
         "imagegate_added_latency_seconds", "imagegate_stage_latency_seconds", "imagegate_audit_write_failures_total",
         "imagegate_requests_in_flight", "imagegate_cost_usd_total",
+        "imagegate_classifier_queue_depth", "imagegate_classifier_batches_total", "imagegate_classifier_images_total",
+        "imagegate_classifier_remote_requests_total",
     }  # fmt: skip
     assert expected <= used, expected - used
     ids = [p["id"] for p in dashboard["panels"]]
