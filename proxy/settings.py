@@ -150,6 +150,10 @@ class AuditSettings(Model):
     #: Records written per transaction at most (group commit); a record is acknowledged only once
     #: its transaction is durable.
     max_batch: int = Field(256, gt=0)
+    #: SQLite only: a record that finds the writer idle is committed at once on the event loop,
+    #: saving two thread wake-ups; inline commits slower than this (3 of the last 50) turn that off for 30 s
+    #: (a slow disk must not stall the loop). 0 sends every record through the writer thread.
+    inline_commit_max_ms: float = Field(5.0, ge=0, le=50)
     #: PostgreSQL schema holding the audit tables (created if missing).
     postgres_schema: str = Field("imagegate", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     #: A signed checkpoint of the hash chain every this many records, or every this many seconds.

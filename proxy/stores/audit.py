@@ -365,7 +365,11 @@ def open_audit_store(
             )
         return PostgresAuditStore(dsn, schema=audit.postgres_schema, **common)
     sqlite_path = audit.sqlite_path
-    return SqliteAuditStore(sqlite_path if sqlite_path.is_absolute() else data_dir / sqlite_path, **common)
+    return SqliteAuditStore(
+        sqlite_path if sqlite_path.is_absolute() else data_dir / sqlite_path,
+        inline_commit_max_ms=audit.inline_commit_max_ms,
+        **common,
+    )
 
 
 def trusted_public_keys(settings: Settings, extra_files: Sequence[Path] = ()) -> list[str]:
