@@ -38,6 +38,7 @@ from .exchange import Exchange, Operation, new_request_id
 from .fetch import SafeFetcher, public_only
 from .jobs import JobRunner, open_job_store
 from .metrics import Metrics
+from .tracing import Tracing, setup_tracing
 from .passthrough import Passthrough
 from .pipeline import Pipeline, Stage
 from .settings import Settings
@@ -78,6 +79,8 @@ class Gateway:
     jobs: JobRunner | None = None
     #: Image exchanges still running, also those whose client has gone (see `images_handler`).
     finishing: set[asyncio.Task[web.Response]] = field(default_factory=set)
+    #: OpenTelemetry traces (`proxy.tracing`), None when off.
+    tracing: Tracing | None = None
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -135,9 +138,12 @@ def create_app(
     stages: StageFactory = default_stages,
     providers: dict[str, Provider] | None = None,
     audit: AuditStore | None = None,
+    span_exporter: Any = None,
 ) -> web.Application:
+    """The gateway app. `span_exporter` replaces the configured OpenTelemetry exporter (tests)."""
     data_dir = settings.server.data_dir
     metrics = Metrics()
+    tracing = setup_tracing(settings.tracing, exporter=span_exporter)
     providers = providers if providers is not None else build_providers(settings)
     authenticate = Authenticate(settings.tenants)
     chain = list(stages(settings, StageDeps(providers, authenticate, metrics)))
@@ -174,6 +180,11 @@ def create_app(
             load_or_create_webhook_secret(data_dir / "webhook-signing.key"),
         ),
     )
+    if tracing is not None:  # upstream calls become client spans and carry `traceparent`
+        gateway.tracing = gateway.pipeline.tracing = tracing
+        for traced in [*providers.values(), *([passthrough] if passthrough is not None else [])]:
+            if hasattr(traced, "trace_configs"):
+                traced.trace_configs = tracing.client_trace_configs
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware],
         client_max_size=settings.server.max_body_bytes,
@@ -231,6 +242,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.fetcher.close()
         await gateway.assets.close()
         await gateway.audit.close()
+        if gateway.tracing is not None:
+            await asyncio.to_thread(gateway.tracing.shutdown)  # flush the batched spans
 
 
 def start_retention(gateway: Gateway) -> asyncio.Task[None] | None:
@@ -390,6 +403,41 @@ def client_gone(request: web.Request) -> bool:
 
 
 async def _run_exchange(gateway: Gateway, exchange: Exchange, request: web.Request, surface: Surface) -> web.Response:
+    if gateway.tracing is None:
+        return await _run_untraced(gateway, exchange, request, surface)
+    attributes = {
+        "http.request.method": request.method,
+        "http.route": exchange.route,
+        "imagegate.request_id": exchange.request_id,
+        "imagegate.audit_id": exchange.audit_id or "",
+    }
+    with gateway.tracing.server_span(f"imagegate {exchange.operation}", request.headers, attributes) as span:
+        response = await _run_untraced(gateway, exchange, request, surface)
+        if span.is_recording():
+            span.set_attributes(exchange_span_attributes(exchange, response.status))
+            if response.status >= 500:
+                from opentelemetry.trace import Status, StatusCode
+
+                span.set_status(Status(StatusCode.ERROR, exchange.error.code if exchange.error else None))
+        return response
+
+
+def exchange_span_attributes(exchange: Exchange, status: int) -> dict[str, Any]:
+    """What a trace may say about an exchange: never the prompt, the end user or a key."""
+    attributes: dict[str, Any] = {"http.response.status_code": status, "imagegate.outcome": exchange_outcome(exchange)}
+    if exchange.caller is not None:
+        attributes["imagegate.tenant"] = exchange.caller.tenant
+    if exchange.provider:
+        attributes["imagegate.provider"] = exchange.provider
+    if exchange.request is not None:
+        attributes["imagegate.model"] = exchange.request.model
+        attributes["imagegate.images_requested"] = exchange.request.n
+    if exchange.error is not None:
+        attributes["imagegate.error.code"] = exchange.error.code
+    return attributes
+
+
+async def _run_untraced(gateway: Gateway, exchange: Exchange, request: web.Request, surface: Surface) -> web.Response:
     gateway.metrics.in_flight.inc()
     released: web.Response | None = None
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -68,10 +69,13 @@ class Passthrough:
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s)
         self.max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
+        self.trace_configs: list[Any] = []  # OpenTelemetry client spans when tracing is on
 
     async def start(self) -> None:
         # auto_decompress=False: bytes go through exactly as the upstream sent them.
-        self._session = aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False)
+        self._session = aiohttp.ClientSession(
+            timeout=self.timeout, auto_decompress=False, trace_configs=list(self.trace_configs) or None
+        )
 
     async def close(self) -> None:
         if self._session is not None:

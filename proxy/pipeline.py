@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -68,6 +68,8 @@ class Pipeline:
     def __init__(self, stages: Sequence[Stage], failure_policy: Mapping[str, str] | None = None) -> None:
         self.stages: list[Stage] = list(stages)
         self.failure_policy = dict(failure_policy or {})
+        #: `proxy.tracing.Tracing` when traces are on: each stage hook becomes a child span.
+        self.tracing: Any = None
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")
@@ -83,6 +85,15 @@ class Pipeline:
             await self._call(stage, "on_response", exchange)
 
     async def _call(self, stage: Stage, hook: str, exchange: Exchange) -> None:
+        if self.tracing is not None and self.tracing.in_trace():
+            with self.tracing.stage_span(f"stage {stage.name}.{hook}") as span:
+                await self._timed_call(stage, hook, exchange)
+                if exchange.error is not None:
+                    span.set_attribute("imagegate.error.code", exchange.error.code)
+            return
+        await self._timed_call(stage, hook, exchange)
+
+    async def _timed_call(self, stage: Stage, hook: str, exchange: Exchange) -> None:
         started = time.perf_counter()
         try:
             await getattr(stage, hook)(exchange)

@@ -199,6 +199,19 @@ class JobSettings(Model):
     ttl_s: float = Field(86400.0, gt=0)
 
 
+class TracingSettings(Model):
+    """`tracing:` in the config."""
+
+    enabled: bool = False
+    #: otlp: OTLP over HTTP to `endpoint` (or $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT /
+    #: $OTEL_EXPORTER_OTLP_ENDPOINT, the SDK's own variables); console: spans as JSON on stdout.
+    exporter: Literal["otlp", "console"] = "otlp"
+    endpoint: str | None = None  # e.g. http://otel-collector:4318/v1/traces
+    service_name: str = "imagegate"
+    #: Fraction of new traces sampled; a caller's sampled/unsampled decision is always followed.
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+
+
 class FailurePolicy(Model):
     """What happens when a safety stage itself fails (raises or times out)."""
 
@@ -220,6 +233,7 @@ class Settings(Model):
     assets: AssetSettings = Field(default_factory=AssetSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     #: Sections owned by the library packages, validated by their own models where they are used.
     prompt_filter: dict[str, Any] = Field(default_factory=dict)
     classifier: dict[str, Any] = Field(default_factory=dict)

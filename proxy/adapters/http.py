@@ -106,6 +106,8 @@ class ProviderHTTP:
     """One aiohttp session per provider, opened by `start` and closed by `close`."""
 
     name: str
+    #: aiohttp trace configs for this provider's session (OpenTelemetry client spans when tracing).
+    trace_configs: list[Any] = []
 
     def __init__(self, name: str, *, base_url: str, timeout_s: float, connect_timeout_s: float) -> None:
         self.name = name
@@ -115,7 +117,8 @@ class ProviderHTTP:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            timeout=self.timeout, connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            timeout=self.timeout, connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            trace_configs=list(self.trace_configs) or None,
         )
 
     async def close(self) -> None:
