@@ -4,8 +4,11 @@ A "check" is what the limits stage does for every request: the GCRA counters of 
 (a tenant request rule, a per-user rule on requests and images: three counters) plus a budget hold
 on two money counters (user per day, tenant per month), all or nothing. Baselines measured in the
 same run: a bare dict increment for the in-memory store; a bare Redis PING round trip (sequential
-and concurrent) for the Redis store. Redis commands per check are counted from the server's own
-`INFO commandstats` to show each check is one round trip (one EVALSHA).
+and concurrent) through redis-py's asyncio client for the Redis store. A second, clearly labelled
+reference: the same PINGs through the store's own pipelined connection (`proxy.stores.resp`), so
+the cost of the check itself (script, arguments, answer) can be told from the transport's. Redis
+commands per check are counted from the server's own `INFO commandstats` to show each check is one
+round trip (one EVALSHA).
 
     python bench/bench_limits.py [--checks 200000] [--redis-checks 20000] [--concurrency 64]
                                  [--redis-url redis://127.0.0.1:6379/0] [--json PATH]
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policies.limits import LimitPolicy, plan_budgets, plan_rates
 from proxy.stores.limits import MemoryLimitStore, RedisLimitStore
+from proxy.stores.resp import encode_command
 
 POLICY = LimitPolicy.model_validate({
     "rules": [
@@ -158,6 +162,22 @@ async def bench_redis(url: str, checks: int, concurrency: int) -> tuple[list[tup
             await asyncio.gather(*[worker(w * 7, checks // concurrency) for w in range(concurrency)])
         rows.append(timer.row(f"Redis check, {concurrency} concurrent (coalesced)", done))
         after = await admin.info("commandstats")
+
+        # Reference rows [4] and [5]: PING through the store's own pipelined connection.
+        pipelined = store.redis
+        ping = encode_command("PING")
+        with Timer() as timer:
+            for _ in range(sequential):
+                await pipelined.call(ping)
+        rows.append(timer.row("PING on the store's connection, sequential (ref)", sequential))
+
+        async def pipelined_pings(count: int) -> None:
+            for _ in range(count):
+                await pipelined.call(ping)
+
+        with Timer() as timer:
+            await asyncio.gather(*[pipelined_pings(checks // concurrency) for _ in range(concurrency)])
+        rows.append(timer.row(f"PING on the store's connection, {concurrency} conc. (ref)", done))
         evalsha = after.get("cmdstat_evalsha", {}).get("calls", 0) - before.get("cmdstat_evalsha", {}).get("calls", 0)
         evals = after.get("cmdstat_eval", {}).get("calls", 0) - before.get("cmdstat_eval", {}).get("calls", 0)
         stats = {
@@ -175,6 +195,14 @@ async def bench_redis(url: str, checks: int, concurrency: int) -> tuple[list[tup
         await admin.aclose()
         await store.close()
     return rows, stats
+
+
+def parser_name() -> str:
+    try:
+        import hiredis
+    except ImportError:
+        return "pure Python (hiredis not installed)"
+    return f"hiredis {hiredis.__version__}"
 
 
 def table(title: str, rows: list[tuple[str, float, float, float]], baseline: tuple[str, float, float, float]) -> None:
@@ -219,8 +247,12 @@ def main() -> int:
         results["redis"] = f"skipped: {type(exc).__name__}: {exc}"
         write_json(args.json, results)
         return 0
-    table("Redis store: sequential rows against sequential PING", redis_rows[:2], redis_rows[0])
-    table("Redis store: concurrent rows against concurrent PING", redis_rows[2:], redis_rows[2])
+    print(f"\nreply parser of the store's connection: {parser_name()}")
+    table("Redis store: sequential rows against sequential PING (redis-py)", [*redis_rows[:2], redis_rows[4]], redis_rows[0])
+    table("Redis store: concurrent rows against concurrent PING (redis-py)", [*redis_rows[2:4], redis_rows[5]], redis_rows[2])
+    for kind, check, reference in (("sequential", redis_rows[1], redis_rows[4]), ("concurrent", redis_rows[3], redis_rows[5])):
+        print(f"{kind} check against PING on the same pipelined connection (ref):"
+              f" x{check[1] / reference[1]:.2f} wall, x{check[2] / reference[2]:.2f} CPU")
     per_check = stats["script_calls"] / stats["checks"]
     print(
         f"\nlatency added per check, sequential: p50 {stats['check_p50_us']:.0f} us, p99 {stats['check_p99_us']:.0f} us"
@@ -234,10 +266,12 @@ def main() -> int:
     capacity = 1e6 / redis_rows[3][2]
     print(f"  Redis: >= 10,000 checks/s from one process: {throughput:8,.0f}/s  {'OK' if throughput >= 10_000 else 'MISSED'}"
           f"  (CPU-bound capacity of one core at {redis_rows[3][2]:.1f} us CPU per check: {capacity:,.0f}/s)")
-    # Row order is fixed: [0] sequential PING, [1] sequential check, [2] concurrent PING, [3] concurrent check.
+    # Row order is fixed: [0] sequential PING, [1] sequential check, [2] concurrent PING, [3] concurrent check
+    # (PINGs through redis-py), [4] sequential and [5] concurrent PING on the store's own connection.
     results["redis"] = {
         "rows": row_dicts(redis_rows), "stats": stats, "script_calls_per_check": per_check,
         "concurrent_checks_per_s": throughput, "concurrent_ping_per_s": redis_rows[2][3],
+        "concurrent_pipelined_ping_per_s": redis_rows[5][3], "reply_parser": parser_name(),
     }
     write_json(args.json, results)
     return 0

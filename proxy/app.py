@@ -365,9 +365,9 @@ def new_exchange(request: web.Request, surface: Surface, route: SurfaceRoute) ->
     )
     if request.headers.get("X-Imagegate-Use-Case"):
         exchange.notes["use_case"] = request.headers["X-Imagegate-Use-Case"][:128]
-    if request.headers.get("Idempotency-Key") and not isinstance(surface, JobSurface):
-        # Answered-at-once surfaces (OpenAI, Stability, Google): a retry replays the stored response.
-        # Job surfaces answer a submit with a job id, and their retries are matched to the job instead.
+    if request.headers.get("Idempotency-Key"):
+        # A retry replays the stored first response; on a job surface that is the submit's answer (the
+        # same job id), kept by the job runner as soon as it is released (`proxy.jobs`).
         exchange.notes["idempotency_key"] = request.headers["Idempotency-Key"][:255]
     jobs = gateway.jobs
     context = ParseContext(

@@ -6,7 +6,9 @@ imagegate a job is one `Exchange` travelling through the ordinary pipeline in a 
 1. The submit handler starts the task and waits until the exchange has passed every request stage
    and reached the upstream (the provider announces it through `adapters.base.UPSTREAM_STARTED`).
    A request stopped before that (bad key, limit, blocked prompt) gets its error at once, in the
-   surface's shape, exactly as a synchronous call would; it has already been audited.
+   surface's shape, exactly as a synchronous call would; it has already been audited. With an
+   `Idempotency-Key` (claimed by the limits stage), the answer is kept for retries: a retried
+   submit gets the same job, audited as a replay; a submit that created no job frees its key.
 2. Otherwise the client gets the job id. The provider collects the upstream result (its own polls,
    or a wait); the response stages classify and sign the images; they are stored in the asset store;
    the audit record is written; only then is the processed outcome stored under the job id. This
@@ -38,6 +40,7 @@ from .adapters.base import UPSTREAM_STARTED
 from .adapters.surface import JobSurface, SurfaceRoute, base_url
 from .errors import ImagegateError, InvalidRequestError
 from .exchange import Exchange
+from .stages.limits import IdempotentReplay
 from .webhooks import WebhookSender, derive_tenant_secret
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ JobStatus = Literal["pending", "succeeded", "failed"]
 WEBHOOK_KEY = "imagegate.webhook"
 #: Where a surface's `parse` leaves the client's input as the provider echoes it back (Replicate).
 INPUT_KEY = "imagegate.job_input"
+#: The exchange note holding the audited replay of a retried submit (same `Idempotency-Key`).
+REPLAY_KEY = "idempotent_replay"
 
 NewExchange = Callable[[web.Request, JobSurface, SurfaceRoute], Exchange]
 Audit = Callable[["Gateway", Exchange, web.Response, Callable[[ImagegateError], web.Response]], Awaitable[web.Response]]
@@ -189,6 +194,21 @@ def open_job_store(config: JobSettings) -> JobStore:
     return MemoryJobStore(ttl_s=config.ttl_s)
 
 
+def _note_webhook(exchange: Exchange, request: web.Request) -> None:
+    """Once the surface has parsed the submit, note the webhook it registers: a retry with the same
+    Idempotency-Key must register the same one (`proxy.stages.limits.fingerprint`)."""
+    parse = exchange.read_request
+    if parse is None:
+        return
+
+    async def read_request() -> Any:
+        parsed = await parse()
+        exchange.notes["job_webhook"] = request.get(WEBHOOK_KEY)
+        return parsed
+
+    exchange.read_request = read_request
+
+
 def error_dict(error: ImagegateError) -> dict[str, Any]:
     return {"status": error.status, "type": error.type, "code": error.code, "message": error.message}
 
@@ -249,6 +269,21 @@ class JobRunner:
             audit_id=exchange.audit_id,
         )
         exchange.notes["job_id"] = job.id
+        _note_webhook(exchange, request)
+        response: web.Response | None = None
+        try:
+            response = await self._submit(request, surface, gateway, audit, exchange, job)
+            return response
+        finally:
+            # An Idempotency-Key claimed by the limits stage: a retried submit gets this answer (the same
+            # job) when a job was created; when none was, the key is freed and a retry starts afresh.
+            finish = exchange.notes.pop("idempotency_finish", None)
+            if finish is not None:
+                await finish(response if job.reached_upstream else None)
+
+    async def _submit(
+        self, request: web.Request, surface: JobSurface, gateway: Gateway, audit: Audit, exchange: Exchange, job: JobRecord
+    ) -> web.Response:
         started = asyncio.Event()
 
         def on_started() -> None:
@@ -273,6 +308,8 @@ class JobRunner:
             waiter.cancel()
         if not job.reached_upstream:
             if task.done():
+                if REPLAY_KEY in exchange.notes:  # a retry with an Idempotency-Key: the first submit's answer
+                    return exchange.notes[REPLAY_KEY]
                 # Stopped before the upstream (key, limits, prompt...): answered now, already audited.
                 final = await self.store.get(job.id)
                 error = exchange.error or error_from_dict((final.error if final else None) or {"status": 500})
@@ -289,8 +326,11 @@ class JobRunner:
             except asyncio.TimeoutError:
                 pass
             current = await self.store.get(job.id) or job
-            return surface.render_job(current, request, self.urls(current, gateway))
-        return surface.render_submitted(job, request)
+            response = surface.render_job(current, request, self.urls(current, gateway))
+        else:
+            response = surface.render_submitted(job, request)
+        response.headers["X-Imagegate-Audit-Id"] = exchange.audit_id or ""
+        return response
 
     async def _run(
         self,
@@ -322,6 +362,8 @@ class JobRunner:
                 except Exception:
                     log.exception("after_audit_hook_failed", job_id=job.id)
             gateway.metrics.in_flight.dec()
+        if REPLAY_KEY in exchange.notes:  # a replayed submit: the first submit's job is the only one
+            return
         job.completed_at = time.time()
         if not await self.store.finish(job):
             log.error("job_finished_twice", job_id=job.id)
@@ -336,6 +378,14 @@ class JobRunner:
         self, job: JobRecord, exchange: Exchange, surface: JobSurface, gateway: Gateway, audit: Audit
     ) -> web.Response:
         """Store the processed images, write the audit record, then record the outcome on the job."""
+        if isinstance(exchange.error, IdempotentReplay):
+            # A retried submit: the first submit's answer (its job), under an audit record of its own;
+            # this job id is never handed out, nor stored.
+            replay, exchange.error = exchange.error, None
+            response = replay.render()
+            response.headers.update(exchange.response_headers)
+            response = exchange.notes[REPLAY_KEY] = await audit(gateway, exchange, response, surface.render_error)
+            return response
         result = exchange.result
         released = [image for image in result.images if not image.withheld] if result is not None else []
         if exchange.error is None and result is not None and not released:

@@ -4,7 +4,8 @@ on_request, in order:
 1. `Idempotency-Key`: a retry of a request whose first response is stored gets that response again
    (`IdempotentReplay`, rendered by the handler under its own audit record; nothing generated or
    charged). A retry while the first is still in flight is refused with 409 (as Stripe does), a key
-   reused for a different request with 422.
+   reused for a different request with 422. On the job surfaces (BFL, fal queue, Replicate) the
+   first response is the submit's answer: a retried submit gets the same job id (`proxy.jobs`).
 2. Every rate counter (GCRA) and every budget (the estimated cost held against the day and month
    budgets of the tenant and the end user) in one atomic store call. A refusal is a 429 in OpenAI's
    shape with `Retry-After` and `X-RateLimit-*`; code `budget_exceeded` when money runs out.
@@ -234,14 +235,24 @@ class LimitsStage(BaseStage):
                 "This Idempotency-Key was already used for a different request. Use a new key for a new request.",
                 status=422, code="idempotency_key_reused",
             )
-        hooks: list[Any] = exchange.notes.setdefault("after_audit", [])
-        hooks.append(lambda response: self._finish_idempotency(exchange, store_key, token, response))
+        async def finish(response: web.StreamResponse | None) -> None:
+            await self._finish_idempotency(exchange, store_key, token, response)
+
+        if "job_id" in exchange.notes:
+            # A job submit: the job runner keeps its answer (the job id) as soon as it is released, long
+            # before the job's audit record; it passes None when no job was created (`proxy.jobs`).
+            exchange.notes["idempotency_finish"] = finish
+        else:
+            hooks: list[Any] = exchange.notes.setdefault("after_audit", [])
+            hooks.append(finish)
 
     async def _finish_idempotency(self, exchange: Exchange, key: str, token: str, response: web.StreamResponse | None) -> None:
-        """Keep the released response for replays if something was generated; else free the key."""
+        """Keep the released response for replays if something was generated (or a job created); else
+        free the key."""
         stored = None
         body = getattr(response, "body", None)
-        if response is not None and exchange.result is not None and response.status < 500 and isinstance(body, bytes):
+        answered = exchange.result is not None or "job_id" in exchange.notes
+        if response is not None and answered and response.status < 500 and isinstance(body, bytes):
             stored = StoredResponse(response.status, dict(response.headers), body)
         try:
             await self.store.idempotency_end(key, token, stored, self.settings.idempotency.ttl_s)
@@ -336,6 +347,8 @@ def fingerprint(exchange: Exchange) -> str:
         "images": [image.sha256 for image in request.images], "mask": request.mask.sha256 if request.mask else None,
         "extra": request.extra,
     }
+    if "job_webhook" in exchange.notes:  # a job submit: the webhook it registers is part of the request
+        data["webhook"] = exchange.notes["job_webhook"]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 

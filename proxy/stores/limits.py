@@ -9,8 +9,9 @@ idempotency methods keep the first response to a request sent with an `Idempoten
   Atomic because it never awaits inside an operation. The clock is injectable for tests.
 - `RedisLimitStore`: shared by every replica. Each operation is ONE Lua script (one round trip,
   atomic on the server); the clock is Redis's own `TIME`, so replicas with drifting clocks agree.
-  Concurrent checks from one process are coalesced into pipelines (each check is still its own
-  script call), so throughput is not bounded by one round trip at a time.
+  Script calls go out through one pipelined connection (`proxy.stores.resp`): the calls made during
+  one event-loop turn leave in one write (each still its own script call), so throughput is not
+  bounded by one round trip at a time, and no redis-py command object is built per check.
 
 Failures of the backend (connection refused, timeout, Redis error) are raised as
 `LimitStoreUnavailable`; whether that refuses the request is the stage's configured choice.
@@ -20,7 +21,6 @@ Keys carry the tenant as a `{hash tag}`, so one check's keys map to one Redis Cl
 from __future__ import annotations
 
 import abc
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from .idempotency import (
     IdempotencyState,
     StoredResponse,
 )
+from .resp import PipelinedRedis, RedisConnectionError, RedisReplyError
 
 __all__ = [
     "BudgetState", "CheckOutcome", "IdempotencyState", "LimitStore", "LimitStoreUnavailable", "MemoryLimitStore",
@@ -308,8 +309,27 @@ class MemoryLimitStore(LimitStore):
 # -- Redis -----------------------------------------------------------------------------------------
 
 
+class _Script(NamedTuple):
+    sha: str
+    source: str
+    #: The encoded `EVALSHA <sha>` and `EVAL <source>` heads of a call, ready to be joined.
+    evalsha: bytes
+    eval: bytes
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        import hashlib
+
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        return cls(sha, source, _bulk(b"EVALSHA") + _bulk(sha.encode()), _bulk(b"EVAL") + _bulk(source.encode()))
+
+
 class RedisLimitStore(LimitStore):
-    """Counters in Redis, shared by every replica; one Lua script (one round trip) per operation."""
+    """Counters in Redis, shared by every replica; one Lua script (one round trip) per operation.
+
+    Script calls go through `PipelinedRedis` (one connection, every call of one event-loop turn in
+    one write). `client` is a redis-py client on the same server, for administration and tests.
+    """
 
     backend = "redis"
 
@@ -326,16 +346,18 @@ class RedisLimitStore(LimitStore):
         self.url = url
         self.key_prefix = key_prefix
         self.timeout_s = timeout_s
+        #: For the redis-py `client` only: the script calls share one pipelined connection.
         self.max_connections = max_connections
         self.max_batch = max_batch
         self._client = client
-        self._scripts: dict[str, tuple[str, str]] = {}
-        self._queue: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
-        self._draining = False
-        self._drainer: asyncio.Task[None] | None = None
+        self._redis: PipelinedRedis | None = None
+        self._scripts: dict[str, _Script] = {}
+        #: Encoded keys (`$<len>\r\n<prefix><key>\r\n`) of the counters seen lately; cleared when full.
+        self._keys: dict[str, bytes] = {}
 
     @property
     def client(self) -> Any:
+        """A redis-py client on the same server (administration, tests); the checks do not use it."""
         if self._client is None:
             import redis.asyncio as redis
             from redis.backoff import NoBackoff
@@ -350,123 +372,107 @@ class RedisLimitStore(LimitStore):
             )
         return self._client
 
-    async def start(self) -> None:
-        import hashlib
+    @property
+    def redis(self) -> PipelinedRedis:
+        """The pipelined connection the script calls go through (built on first use, no I/O)."""
+        if self._redis is None:
+            self._redis = PipelinedRedis(self.url, timeout_s=self.timeout_s, max_batch=self.max_batch)
+        return self._redis
 
-        for name, source in (
-            ("check", CHECK_SCRIPT),
-            ("settle", SETTLE_SCRIPT),
-            ("idem_begin", IDEMPOTENCY_BEGIN_SCRIPT),
-            ("idem_end", IDEMPOTENCY_END_SCRIPT),
-        ):
-            self._scripts[name] = (hashlib.sha1(source.encode()).hexdigest(), source)
-        self.client  # noqa: B018 - build the client (no I/O yet); Redis may come up later
+    async def start(self) -> None:
+        self._scripts = {
+            "check": _Script.of(CHECK_SCRIPT),
+            "settle": _Script.of(SETTLE_SCRIPT),
+            "idem_begin": _Script.of(IDEMPOTENCY_BEGIN_SCRIPT),
+            "idem_end": _Script.of(IDEMPOTENCY_END_SCRIPT),
+        }
+        self.redis  # noqa: B018 - parse the URL now (no I/O yet); Redis may come up later
 
     async def close(self) -> None:
-        if self._drainer is not None:
-            await asyncio.gather(self._drainer, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.close()
+            self._redis = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
+            return await self.redis.execute("PING") == b"PONG"
         except Exception:
             return False
 
     # -- script calls ------------------------------------------------------------------------------
 
-    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """One script call, coalesced with concurrent ones into one pipeline (one round trip)."""
+    def _key(self, key: str) -> bytes:
+        encoded = self._keys.get(key)
+        if encoded is None:
+            if len(self._keys) >= 100_000:
+                self._keys.clear()
+            encoded = self._keys[key] = _bulk((self.key_prefix + key).encode())
+        return encoded
+
+    async def _call(self, name: str, keys: list[bytes], args: list[bytes]) -> Any:
+        """One script call: ONE `EVALSHA` with encoded keys and arguments (see `_bulk`).
+
+        Concurrent calls share a write (`PipelinedRedis`), each still one atomic script call. A
+        server that lost the script (restart, SCRIPT FLUSH) answers NOSCRIPT without running it;
+        that call alone is sent again as `EVAL` with the source, which loads it for the next ones.
+        """
         if not self._scripts:
             await self.start()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((name, keys, args, future))
-        if not self._draining:
-            self._draining = True
-            self._drainer = asyncio.ensure_future(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
+        script = self._scripts[name]
+        head = b"*%d\r\n" % (3 + len(keys) + len(args))
+        count = _bulk(b"%d" % len(keys))
+        redis = self.redis
         try:
-            while self._queue:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                try:
-                    results = await self._send(batch)
-                except Exception as exc:  # the whole round trip failed
-                    error = _unavailable(exc)
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                for (*_, future), result in zip(batch, results):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(_unavailable(result))
-                    else:
-                        future.set_result(result)
-        finally:
-            self._draining = False
-
-    async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
-        from redis.exceptions import NoScriptError
-
-        client = self.client
-        if len(batch) == 1:
-            name, keys, args, _ = batch[0]
-            sha, source = self._scripts[name]
-            try:
-                return [await client.evalsha(sha, len(keys), *keys, *args)]
-            except NoScriptError:
-                return [await client.eval(source, len(keys), *keys, *args)]
-        pipe = client.pipeline(transaction=False)
-        for name, keys, args, _ in batch:
-            pipe.evalsha(self._scripts[name][0], len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        if any(isinstance(result, NoScriptError) for result in results):
-            for name, (sha, source) in self._scripts.items():
-                await client.script_load(source)
-            pipe = client.pipeline(transaction=False)
-            for name, keys, args, _ in batch:
-                pipe.evalsha(self._scripts[name][0], len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-        return results
+            reply = await redis.call(b"".join((head, script.evalsha, count, *keys, *args)))
+            if type(reply) is RedisReplyError and str(reply).startswith("NOSCRIPT"):
+                reply = await redis.call(b"".join((head, script.eval, count, *keys, *args)))
+        except RedisConnectionError as exc:
+            raise _unavailable(exc) from exc
+        if isinstance(reply, RedisReplyError):
+            raise LimitStoreUnavailable(f"Redis error reply: {reply}")
+        return reply
 
     # -- operations --------------------------------------------------------------------------------
 
     async def check(
         self, rates: Sequence[RateCheck], budgets: Sequence[BudgetCheck], hold_micros: int, *, now_us: int | None = None
     ) -> CheckOutcome:
-        prefix = self.key_prefix
-        keys = [prefix + rate.key for rate in rates] + [prefix + budget.key for budget in budgets]
-        args = (
-            "" if now_us is None else now_us,
-            hold_micros,
-            ";".join(f"{rate.interval_us},{rate.burst},{rate.cost}" for rate in rates),
-            ";".join(f"{budget.limit_micros},{budget.ttl_s}" for budget in budgets),
-        )
-        values = [int(value) for value in (await self._call("check", keys, list(args))).split()]
+        key = self._key
+        keys = [key(rate.key) for rate in rates]
+        keys += [key(budget.key) for budget in budgets]
+        args = [
+            _EMPTY if now_us is None else _bulk(b"%d" % now_us),
+            _bulk(b"%d" % hold_micros),
+            _bulk(";".join([f"{rate.interval_us},{rate.burst},{rate.cost}" for rate in rates]).encode()),
+            _bulk(";".join([f"{budget.limit_micros},{budget.ttl_s}" for budget in budgets]).encode()),
+        ]
+        values = list(map(int, (await self._call("check", keys, args)).split()))
         rate_states = [
-            RateState(rate, values[2 + i * 4] == 1, values[3 + i * 4], values[4 + i * 4], values[5 + i * 4])
-            for i, rate in enumerate(rates)
+            RateState(rate, values[i] == 1, values[i + 1], values[i + 2], values[i + 3])
+            for i, rate in zip(range(2, 2 + len(rates) * 4, 4), rates)
         ]
         offset = 2 + len(rates) * 4
         budget_states = [
-            BudgetState(budget, values[offset + j * 2] == 1, values[offset + j * 2 + 1]) for j, budget in enumerate(budgets)
+            BudgetState(budget, values[j] == 1, values[j + 1])
+            for j, budget in zip(range(offset, offset + len(budgets) * 2, 2), budgets)
         ]
         return CheckOutcome(values[0] == 1, rate_states, budget_states, values[1])
 
     async def settle(self, budgets: Sequence[BudgetCheck], delta_micros: int) -> list[int]:
         if not budgets:
             return []
-        out = await self._call("settle", [self.key_prefix + budget.key for budget in budgets], [delta_micros])
+        out = await self._call("settle", [self._key(budget.key) for budget in budgets], [_bulk(b"%d" % delta_micros)])
         return list(out)
 
     async def idempotency_begin(self, key: str, fingerprint: str, token: str, lease_s: float) -> IdempotencyState:
-        out = await self._call("idem_begin", [self.key_prefix + key], [fingerprint, token, int(lease_s * 1000)])
+        out = await self._call(
+            "idem_begin",
+            [_bulk((self.key_prefix + key).encode())],
+            [_bulk(fingerprint.encode()), _bulk(token.encode()), _bulk(b"%d" % int(lease_s * 1000))],
+        )
         status = out[0].decode() if isinstance(out[0], bytes) else out[0]
         if status == "done":
             return IdempotencyState("done", StoredResponse.decode(out[1]))
@@ -476,7 +482,19 @@ class RedisLimitStore(LimitStore):
 
     async def idempotency_end(self, key: str, token: str, response: StoredResponse | None, ttl_s: float) -> None:
         payload = b"" if response is None else response.encode()
-        await self._call("idem_end", [self.key_prefix + key], [token, payload, int(ttl_s * 1000)])
+        await self._call(
+            "idem_end",
+            [_bulk((self.key_prefix + key).encode())],
+            [_bulk(token.encode()), _bulk(payload), _bulk(b"%d" % int(ttl_s * 1000))],
+        )
+
+
+def _bulk(data: bytes) -> bytes:
+    """One RESP bulk string: a key or an argument of a script call."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+_EMPTY = _bulk(b"")
 
 
 def _unavailable(exc: BaseException) -> LimitStoreUnavailable:
