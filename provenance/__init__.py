@@ -4,8 +4,10 @@ The public API, all blocking (the proxy runs it in worker threads):
 
 - `ProvenanceSettings`: configuration (pydantic).
 - `ensure_dev_credentials(directory)`, `load_signing_credentials(settings)`: keys and chains.
-- `ManifestSigner(credentials, settings).sign(image, media_type, info) -> SignedImage`.
-- `verify_image(data, media_type=None, trust_anchors_pem=None) -> VerificationReport`.
+- `ManifestSigner(credentials, settings).sign(image, media_type, info) -> SignedImage`: the
+  manifest store embedded in the image, beside it as a sidecar, or both (`settings.mode`).
+- `verify_image(data, media_type=None, trust_anchors_pem=None, manifest_store=None)
+  -> VerificationReport`, `manifest_store` being a sidecar (`.c2pa`) to check the image against.
 - Errors: `ProvenanceError` > `CredentialError`, `SigningError` > `TimestampAuthorityError`,
   `VerificationError`.
 
@@ -27,7 +29,7 @@ from provenance.manifest import (
     Ingredient,
     ManifestInfo,
 )
-from provenance.settings import ProvenanceSettings
+from provenance.settings import ManifestMode, ProvenanceSettings
 from provenance.sign import ManifestSigner, SignedImage
 from provenance.verify import VerificationReport, verify_image
 
@@ -38,6 +40,7 @@ __all__ = [
     "DevCredentials",
     "Ingredient",
     "ManifestInfo",
+    "ManifestMode",
     "ManifestSigner",
     "ProvenanceError",
     "ProvenanceSettings",

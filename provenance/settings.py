@@ -21,6 +21,9 @@ SigningAlgorithm = Literal["es256", "es384", "es512", "ps256", "ps384", "ps512",
 #: What to do when the timestamp authority cannot be reached while signing.
 TimestampFallback = Literal["fail", "sign_without_timestamp"]
 
+#: Where the manifest store goes: into the image, beside it (a `.c2pa` sidecar), or both.
+ManifestMode = Literal["embedded", "sidecar", "both"]
+
 
 class ProvenanceSettings(BaseModel):
     """How imagegate signs C2PA manifests and which roots it trusts when verifying."""
@@ -57,6 +60,16 @@ class ProvenanceSettings(BaseModel):
     )
     verify_after_sign: bool = Field(
         default=False, description="Read back and validate each signed image (slow, debug only)."
+    )
+    mode: ManifestMode = Field(
+        default="embedded",
+        description=(
+            "'embedded': the manifest store goes into the image (PNG caBX, JPEG APP11, WebP "
+            "C2PA chunk); 'sidecar': the image bytes are left untouched and the store is returned "
+            "beside it, to be served as a `.c2pa` file (for channels that strip metadata); "
+            "'both': embedded, and the same store is returned as a sidecar too (it binds to the "
+            "signed image, not to a copy stripped of its manifest)."
+        ),
     )
     claim_generator: str = Field(default="imagegate", min_length=1)
     claim_generator_version: str | None = None

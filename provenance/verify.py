@@ -6,6 +6,11 @@ invalid, who signed, how the image was made (digital source type, software agent
 decided about it (its own assertion), which ingredients it has, and every validation failure with
 a plain-English reason next to the c2pa status code.
 
+An image can also be verified together with a sidecar manifest store (`.c2pa`, what imagegate's
+"sidecar" and "both" modes produce): `verify_image(image, manifest_store=sidecar)`. The sidecar
+then takes the place of any manifest embedded in the image, and its hard binding is checked
+against the image bytes as given.
+
 Verification never touches the network: remote manifests and OCSP are not fetched (a verifier
 that fetches URLs found in uploaded files is an SSRF hole); such cases are reported instead.
 This module must never modify an image and never raise for an invalid image: invalid is a
@@ -22,17 +27,22 @@ from typing import Any, Literal
 
 import c2pa
 
+from provenance.containers import looks_like_manifest_store
 from provenance.errors import VerificationError
 from provenance.manifest import IMAGEGATE_ASSERTION_LABEL
 from provenance.media import (
     EXTENSIONS,
     SNIFFABLE_MEDIA_TYPES,
+    has_c2pa_segment,
     normalise_media_type,
     sniff_media_type,
     trailing_bytes,
 )
 
 ValidationState = Literal["trusted", "valid", "invalid", "none"]
+
+#: Where the manifest store that was checked came from.
+ManifestSource = Literal["embedded", "sidecar"]
 
 #: Plain-English meaning of c2pa-rs failure codes (C2PA 2.x section 15, "validation").
 FAILURE_MESSAGES: dict[str, str] = {
@@ -155,6 +165,7 @@ class VerificationReport:
     ingredients: list[IngredientReport] = field(default_factory=list)
     failures: list[ValidationFailure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    manifest_source: ManifestSource | None = None  # None when the image has no credentials
 
     @property
     def trusted(self) -> bool:
@@ -165,12 +176,19 @@ class VerificationReport:
 
 
 def verify_image(
-    data: bytes, media_type: str | None = None, trust_anchors_pem: str | None = None
+    data: bytes,
+    media_type: str | None = None,
+    trust_anchors_pem: str | None = None,
+    manifest_store: bytes | None = None,
 ) -> VerificationReport:
     """Read and validate the C2PA manifest of `data`. Blocking (run it in a worker thread).
 
     `trust_anchors_pem`: PEM roots to trust; without them the best possible state is "valid".
+    `manifest_store`: a sidecar (`.c2pa`) to check the image against instead of what it embeds;
+    bytes that are not a C2PA manifest store raise `VerificationError`.
     """
+    if manifest_store is not None and not looks_like_manifest_store(manifest_store):
+        raise VerificationError("the sidecar is not a C2PA manifest store (JUMBF labelled c2pa)")
     sniffed = sniff_media_type(data)
     declared = normalise_media_type(media_type)
     if sniffed is None and (declared is None or declared in SNIFFABLE_MEDIA_TYPES):
@@ -181,20 +199,26 @@ def verify_image(
             else "not a recognised image"
         )
     resolved = sniffed or declared or ""
+    source: ManifestSource = "embedded" if manifest_store is None else "sidecar"
     context = _reader_context(trust_anchors_pem or "")
     try:
-        reader = c2pa.Reader.try_create(resolved, io.BytesIO(data), None, context)
+        reader = c2pa.Reader.try_create(resolved, io.BytesIO(data), manifest_store, context)
     except c2pa.C2paError as exc:
-        if b"c2pa" not in data and b"jumb" not in data:
+        if manifest_store is None and b"c2pa" not in data and b"jumb" not in data:
             raise VerificationError(f"cannot read this {resolved} file: {exc}") from None
-        return _unreadable(resolved, exc)
+        return _unreadable(resolved, exc, source)
     if reader is None:
         return VerificationReport(has_credentials=False, state="none", media_type=resolved)
     with reader:
         store = json.loads(reader.json())
         results = reader.get_validation_results() or {}
         library_state = (reader.get_validation_state() or "").lower()
-    return _report(store, results, library_state, resolved, data)
+    report = _report(store, results, library_state, resolved, data, source)
+    if manifest_store is not None and has_c2pa_segment(data, resolved):
+        report.notes.append(
+            "The image also embeds a manifest store; the sidecar was checked instead of it."
+        )
+    return report
 
 
 def plain_message(code: str, explanation: str | None = None) -> str:
@@ -229,7 +253,9 @@ def _reader_context(trust_anchors_pem: str) -> c2pa.Context:
         raise VerificationError(f"trust anchors cannot be used: {exc}") from None
 
 
-def _unreadable(media_type: str, exc: c2pa.C2paError) -> VerificationReport:
+def _unreadable(
+    media_type: str, exc: c2pa.C2paError, source: ManifestSource
+) -> VerificationReport:
     message = str(exc)
     if "RemoteManifest" in type(exc).__name__ or "remote" in message.lower():
         code = "manifest.inaccessible"
@@ -240,6 +266,7 @@ def _unreadable(media_type: str, exc: c2pa.C2paError) -> VerificationReport:
         state="invalid",
         media_type=media_type,
         failures=[ValidationFailure(code=code, message=plain_message(code), detail=message)],
+        manifest_source=source,
     )
 
 
@@ -249,6 +276,7 @@ def _report(
     library_state: str,
     media_type: str,
     data: bytes,
+    source: ManifestSource,
 ) -> VerificationReport:
     label = store.get("active_manifest")
     manifests: dict[str, Any] = store.get("manifests") or {}
@@ -292,6 +320,7 @@ def _report(
         ingredients=[_ingredient(item) for item in manifest.get("ingredients") or []],
         failures=failures,
         notes=notes,
+        manifest_source=source,
     )
 
 

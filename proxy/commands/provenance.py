@@ -3,7 +3,10 @@
 For ad-ops checking a whole campaign: folders are walked recursively (image extensions only;
 files named explicitly are always checked), each image is verified with
 `provenance.verify_image`, and the results are printed as text, JSON or CSV, with a summary at
-the end. A progress bar is drawn on stderr only when stderr is a terminal. Exit status: 0 when
+the end. An image with a sidecar manifest store next to it (`photo.png.c2pa`, or `photo.c2pa` as
+c2patool names it) is verified against that sidecar (`--ignore-sidecars` turns this off);
+`--manifest FILE.c2pa` names the sidecar of a single image explicitly. A `.c2pa` file whose image
+is not there is reported as an error: a manifest store alone proves nothing about any image. A progress bar is drawn on stderr only when stderr is a terminal. Exit status: 0 when
 no image is invalid or unreadable, 1 otherwise (with `--require-credentials`, images without
 credentials count as failures too), 2 for usage errors.
 
@@ -30,6 +33,9 @@ from provenance import ProvenanceError, VerificationReport, verify_image
 from provenance.media import EXTENSIONS
 from provenance.verify import media_type_for_path
 
+#: The extension of a sidecar manifest store (`application/c2pa`).
+SIDECAR_SUFFIX = ".c2pa"
+
 CSV_COLUMNS = [
     "path",
     "state",
@@ -46,7 +52,16 @@ CSV_COLUMNS = [
     "failure_codes",
     "failures",
     "error",
+    "sidecar",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One image to verify, with the sidecar manifest store to check it against, if any."""
+
+    path: Path
+    sidecar: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +69,7 @@ class FileResult:
     path: Path
     report: VerificationReport | None
     error: str | None = None
+    sidecar: Path | None = None
 
     @property
     def outcome(self) -> str:
@@ -63,7 +79,10 @@ class FileResult:
         data: dict[str, Any] = {"path": str(self.path)}
         if self.report is not None:
             data.update(self.report.to_dict())
+        else:
+            data["state"] = self.outcome
         data["error"] = self.error
+        data["sidecar"] = str(self.sidecar) if self.sidecar is not None else None
         return data
 
 
@@ -76,6 +95,17 @@ def register(subparsers: Any) -> None:
         description="Verify the C2PA Content Credentials of images (folders walked recursively).",
     )
     verify.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    verify.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="FILE.c2pa",
+        help="verify the one image given against this sidecar manifest store",
+    )
+    verify.add_argument(
+        "--ignore-sidecars",
+        action="store_true",
+        help="do not pick up IMAGE.c2pa sidecars next to images (check what images embed)",
+    )
     verify.add_argument(
         "--trust-anchors",
         type=Path,
@@ -104,13 +134,22 @@ def verify_command(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             print(f"error: cannot read trust anchors {args.trust_anchors}: {exc}", file=sys.stderr)
             return 2
-    files, missing = collect_files(args.paths)
+    if args.manifest is not None:
+        if len(args.paths) != 1 or not args.paths[0].is_file():
+            print("error: --manifest needs exactly one image file", file=sys.stderr)
+            return 2
+        if not args.manifest.is_file():
+            print(f"error: no such sidecar: {args.manifest}", file=sys.stderr)
+            return 2
+        targets, missing = [Target(args.paths[0], args.manifest)], []
+    else:
+        targets, missing = collect_targets(args.paths, sidecars=not args.ignore_sidecars)
     for path in missing:
         print(f"error: no such file or folder: {path}", file=sys.stderr)
-    progress = Progress(len(files), sys.stderr) if sys.stderr.isatty() else None
+    progress = Progress(len(targets), sys.stderr) if sys.stderr.isatty() else None
     results: list[FileResult] = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for result in pool.map(lambda path: verify_file(path, anchors), files):
+        for result in pool.map(lambda target: verify_file(target, anchors), targets):
             results.append(result)
             if progress is not None:
                 progress.advance()
@@ -151,6 +190,41 @@ def collect_files(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     return files, missing
 
 
+def collect_targets(
+    paths: Sequence[Path], *, sidecars: bool = True
+) -> tuple[list[Target], list[Path]]:
+    """Images to verify, each with the sidecar found next to it, and the paths that do not exist.
+
+    A `.c2pa` file that is some image's sidecar is not a target of its own; one that is nobody's
+    stays a target (and is reported as an orphan by `verify_file`).
+    """
+    files, missing = collect_files(paths)
+    targets: list[Target] = []
+    used: set[Path] = set()
+    for path in files:
+        if path.suffix.lower() == SIDECAR_SUFFIX:
+            continue
+        sidecar = find_sidecar(path) if sidecars else None
+        if sidecar is not None:
+            used.add(sidecar.resolve())
+        targets.append(Target(path, sidecar))
+    seen: set[Path] = set()
+    for path in files:
+        resolved = path.resolve()
+        if path.suffix.lower() == SIDECAR_SUFFIX and resolved not in used and resolved not in seen:
+            seen.add(resolved)
+            targets.append(Target(path))
+    return targets, missing
+
+
+def find_sidecar(image: Path) -> Path | None:
+    """`photo.png.c2pa` next to `photo.png`, else `photo.c2pa` (c2patool's name), else None."""
+    for candidate in (image.with_name(image.name + SIDECAR_SUFFIX), image.with_suffix(SIDECAR_SUFFIX)):
+        if candidate != image and candidate.is_file():
+            return candidate
+    return None
+
+
 def _walk(folder: Path) -> Iterator[Path]:
     for root, directories, names in os.walk(folder):
         directories.sort()
@@ -159,16 +233,27 @@ def _walk(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def verify_file(path: Path, anchors: str | None) -> FileResult:
+def verify_file(target: Target | Path, anchors: str | None) -> FileResult:
+    if isinstance(target, Path):
+        target = Target(target)
+    path, sidecar = target.path, target.sidecar
+    if sidecar is None and path.suffix.lower() == SIDECAR_SUFFIX:
+        return FileResult(
+            path,
+            None,
+            "a sidecar manifest store without its image next to it: verify it with the image "
+            f"(imagegate provenance verify IMAGE --manifest {path.name})",
+        )
     try:
         data = path.read_bytes()
+        store = sidecar.read_bytes() if sidecar is not None else None
     except OSError as exc:
-        return FileResult(path, None, f"cannot read: {exc.strerror or exc}")
+        return FileResult(path, None, f"cannot read: {exc.strerror or exc}", sidecar)
     try:
-        report = verify_image(data, media_type_for_path(path.name), anchors)
+        report = verify_image(data, media_type_for_path(path.name), anchors, manifest_store=store)
     except ProvenanceError as exc:
-        return FileResult(path, None, str(exc))
-    return FileResult(path, report)
+        return FileResult(path, None, str(exc), sidecar)
+    return FileResult(path, report, sidecar=sidecar)
 
 
 def summarise(results: Sequence[FileResult]) -> dict[str, int]:
@@ -194,7 +279,8 @@ def summary_line(results: Sequence[FileResult]) -> str:
 def write_text(result: FileResult, stream: TextIO) -> None:
     report = result.report
     if report is None:
-        stream.write(f"ERROR    {result.path}: {result.error}\n")
+        sidecar = f" (sidecar {result.sidecar.name})" if result.sidecar is not None else ""
+        stream.write(f"ERROR    {result.path}{sidecar}: {result.error}\n")
         return
     parts = []
     if report.signer is not None:
@@ -207,6 +293,8 @@ def write_text(result: FileResult, stream: TextIO) -> None:
         parts.append(f"imagegate audit {report.imagegate.get('audit_id')}")
     if report.ingredients:
         parts.append(f"{len(report.ingredients)} ingredient(s)")
+    if result.sidecar is not None:
+        parts.append(f"sidecar {result.sidecar.name}")
     detail = f"  [{'; '.join(parts)}]" if parts else ""
     stream.write(f"{report.state.upper():<8} {result.path}{detail}\n")
     for failure in report.failures:
@@ -224,6 +312,7 @@ def write_csv(results: Sequence[FileResult], stream: TextIO) -> None:
             "path": str(result.path),
             "state": result.outcome,
             "error": result.error,
+            "sidecar": str(result.sidecar) if result.sidecar is not None else None,
         }
         if report is not None:
             imagegate = report.imagegate or {}

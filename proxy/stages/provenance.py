@@ -1,4 +1,4 @@
-"""The provenance stage: embed a signed C2PA manifest into every image imagegate releases.
+"""The provenance stage: sign a C2PA manifest for every image imagegate releases.
 
 Signing is done by `provenance.ManifestSigner` (one signer for the process) in worker threads, never
 on the event loop, one image per thread concurrently. The manifest states the model and provider,
@@ -6,6 +6,12 @@ every moderation decision, the licence decision, the policy version and the audi
 edits, the input images are ingredients; a manifest the provider already embedded (OpenAI's) is
 kept as the parent ingredient. With no certificate configured, a development CA and certificate
 are created under the data folder on first start and every decision says so.
+
+`provenance.mode` decides where the manifest store goes: embedded in the image (default), beside
+it as a sidecar (`.c2pa`, the image bytes are released untouched: for channels that strip
+metadata), or both. Sidecars are left in `exchange.notes[SIDECARS_NOTE]`, keyed by the image's
+index in `exchange.result.images`; `sidecars(exchange)` reads them. Serving them (storing
+`<asset>.c2pa` next to a URL response's asset, naming it in the response) is the responder's job.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,33 @@ log = structlog.get_logger("imagegate.provenance")
 
 CERT_ENV = "IMAGEGATE_SIGNING_CERT"
 KEY_ENV = "IMAGEGATE_SIGNING_KEY"
+
+#: `exchange.notes` key of the sidecars: {index in `exchange.result.images`: Sidecar}.
+SIDECARS_NOTE = "provenance.sidecars"
+SIDECAR_MEDIA_TYPE = "application/c2pa"
+SIDECAR_SUFFIX = ".c2pa"
+
+
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    """The manifest store of one released image, to be served beside it as `<asset>.c2pa`."""
+
+    manifest_id: str
+    data: bytes = field(repr=False)
+    #: Whether the image also embeds it (mode "both"); the store then binds to the signed image.
+    embedded: bool = False
+    media_type: str = SIDECAR_MEDIA_TYPE
+
+
+def sidecars(exchange: Exchange) -> dict[int, Sidecar]:
+    """The sidecars the provenance stage left, by index in `exchange.result.images`."""
+    found = exchange.notes.get(SIDECARS_NOTE)
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def sidecar_name(asset_name: str) -> str:
+    """Where a sidecar is stored and served: next to its asset, `photo.png` -> `photo.png.c2pa`."""
+    return asset_name + SIDECAR_SUFFIX
 
 
 def provenance_settings(section: Mapping[str, Any], data_dir: Path, environ: Mapping[str, str] | None = None) -> tuple[ProvenanceSettings, bool]:
@@ -118,10 +152,21 @@ class ProvenanceStage(BaseStage):
             return self.signer.sign(image.data, image.media_type, info)  # type: ignore[union-attr]
 
         signed = await asyncio.gather(*(asyncio.to_thread(sign, index) for index in range(len(released))))
+        positions = {id(image): index for index, image in enumerate(result.images)}
+        stores: dict[int, Sidecar] = {}
         for image, result_image in zip(released, signed, strict=True):
-            image.data = result_image.data
+            image.data = result_image.data  # untouched in sidecar mode
             image.manifest_id = result_image.manifest_id
             image.upstream_manifest = result_image.upstream_manifest
+            if result_image.manifest_store is not None:
+                stores[positions[id(image)]] = Sidecar(
+                    manifest_id=result_image.manifest_id,
+                    data=result_image.manifest_store,
+                    embedded=result_image.embedded,
+                )
+        mode = self.settings.mode
+        if stores:
+            exchange.notes[SIDECARS_NOTE] = stores
         exchange.decide(
             Decision(
                 stage=self.name,
@@ -129,9 +174,15 @@ class ProvenanceStage(BaseStage):
                 reason=(
                     f"signed {len(signed)} image(s)"
                     + (" with the DEVELOPMENT certificate" if self.development else "")
+                    + ({"sidecar": "; manifests as sidecars, images untouched",
+                        "both": "; manifests embedded and as sidecars"}.get(mode, ""))
                     + (f"; kept {sum(s.upstream_manifest for s in signed)} upstream manifest(s) as ingredients"
                        if any(s.upstream_manifest for s in signed) else "")
                 ),
-                details={"development_certificate": self.development, "manifests": [s.manifest_id for s in signed]},
+                details={
+                    "development_certificate": self.development,
+                    "manifests": [s.manifest_id for s in signed],
+                    "mode": mode,
+                },
             )
         )

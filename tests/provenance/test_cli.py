@@ -120,3 +120,85 @@ def test_require_credentials_fails_images_without_them(
     assert main(["provenance", "verify", str(plain)]) == 0
     assert main(["provenance", "verify", str(plain), "--require-credentials"]) == 1
     capsys.readouterr()
+
+
+@pytest.fixture()
+def sidecar_campaign(tmp_path: Path, settings) -> tuple[Path, bytes]:
+    """Images signed in sidecar mode, each with its `.c2pa` next to it, plus edge cases."""
+    from provenance import load_signing_credentials
+
+    sidecar_settings = settings.model_copy(update={"mode": "sidecar"})
+    sidecar_signer = ManifestSigner(load_signing_credentials(sidecar_settings), sidecar_settings)
+    folder = tmp_path / "sidecars"
+    folder.mkdir()
+    try:
+        png = make_image("PNG", 64, seed=4)
+        signed = sidecar_signer.sign(png, "image/png", make_info())
+        (folder / "banner.png").write_bytes(signed.data)
+        (folder / "banner.png.c2pa").write_bytes(signed.manifest_store or b"")
+        jpeg = make_image("JPEG", 64, seed=5)
+        other = sidecar_signer.sign(jpeg, "image/jpeg", make_info())
+        (folder / "altered.jpg").write_bytes(jpeg + b"tail")
+        (folder / "altered.c2pa").write_bytes(other.manifest_store or b"")  # c2patool's naming
+    finally:
+        sidecar_signer.close()
+    return folder, signed.manifest_store or b""
+
+
+def test_verify_picks_up_sidecars_next_to_images(
+    sidecar_campaign: tuple[Path, bytes], dev_credentials, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = sidecar_campaign
+    anchors = str(dev_credentials.root_ca_file)
+    code = main(["provenance", "verify", str(folder), "--trust-anchors", anchors])
+    out = capsys.readouterr().out
+    assert code == 1  # the altered image
+    assert "TRUSTED  " + str(folder / "banner.png") in out and "sidecar banner.png.c2pa" in out
+    assert "INVALID  " + str(folder / "altered.jpg") in out and "sidecar altered.c2pa" in out
+    assert "2 images: 1 trusted" in out  # the .c2pa files are not images of their own
+
+    assert main(["provenance", "verify", str(folder), "--ignore-sidecars", "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    states = {Path(r["path"]).name: r["state"] for r in document["results"]}
+    assert states["banner.png"] == "none" and states["altered.jpg"] == "none"
+    assert {Path(r["path"]).name for r in document["results"] if r["error"]} == {
+        "banner.png.c2pa",
+        "altered.c2pa",
+    }
+
+
+def test_verify_with_an_explicit_manifest(
+    sidecar_campaign: tuple[Path, bytes],
+    tmp_path: Path,
+    dev_credentials,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder, store = sidecar_campaign
+    anchors = str(dev_credentials.root_ca_file)
+    elsewhere = tmp_path / "manifest-store.c2pa"
+    elsewhere.write_bytes(store)
+    image = str(folder / "banner.png")
+    assert main(["provenance", "verify", image, "--manifest", str(elsewhere), "--trust-anchors", anchors, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["state"] == "trusted" and result["manifest_source"] == "sidecar"
+    assert result["sidecar"] == str(elsewhere)
+
+    assert main(["provenance", "verify", str(folder / "altered.jpg"), "--manifest", str(elsewhere), "--csv"]) == 1
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["state"] == "invalid" and row["sidecar"] == str(elsewhere)
+
+    assert main(["provenance", "verify", image, image, "--manifest", str(elsewhere)]) == 2
+    assert main(["provenance", "verify", str(folder), "--manifest", str(elsewhere)]) == 2
+    assert main(["provenance", "verify", image, "--manifest", str(tmp_path / "missing.c2pa")]) == 2
+    assert "--manifest needs exactly one image file" in capsys.readouterr().err
+
+
+def test_a_sidecar_without_its_image_is_an_error(
+    sidecar_campaign: tuple[Path, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, store = sidecar_campaign
+    orphan = tmp_path / "orphan.c2pa"
+    orphan.write_bytes(store)
+    assert main(["provenance", "verify", str(orphan)]) == 1
+    out = capsys.readouterr().out
+    assert "ERROR    " + str(orphan) in out and "--manifest orphan.c2pa" in out

@@ -31,7 +31,11 @@ def pixel_offset(data: bytes, media_type: str) -> int:
     if media_type == "image/png":
         start = data.index(b"IDAT") + 4
     elif media_type == "image/jpeg":
-        sos = data.index(b"\xff\xda")
+        # Walk the segments: searching for the SOS marker could hit its two bytes inside the
+        # manifest store (hashes and signature are random bytes), about once in 300 signatures.
+        sos = 2
+        while data[sos + 1] != 0xDA:
+            sos += 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
         start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
     else:
         start = data.index(b"VP8") + 8
