@@ -142,22 +142,22 @@ def _selector(selector: str) -> tuple[str, str, str | None]:
 
 class _CueSet:
     """Benign context cues of one category, split for fast lookup: single words (set test),
-    phrases (padded substring test) and unspaced-script cues (substring test)."""
+    phrases (padded substring test, one compiled alternation) and unspaced-script cues (substring
+    test)."""
 
     __slots__ = ("words", "phrases", "unspaced")
 
     def __init__(self, cues: frozenset[str]) -> None:
         self.words = frozenset(cue for cue in cues if " " not in cue and not _UNSPACED_SCRIPT.search(cue))
-        self.phrases = tuple(f" {cue} " for cue in cues if " " in cue and not _UNSPACED_SCRIPT.search(cue))
+        phrases = sorted(f" {cue} " for cue in cues if " " in cue and not _UNSPACED_SCRIPT.search(cue))
+        self.phrases = re.compile("|".join(map(re.escape, phrases))) if phrases else None
         self.unspaced = tuple(cue for cue in cues if _UNSPACED_SCRIPT.search(cue))
 
     def present(self, tokens: frozenset[str], plain: str) -> bool:
         if not self.words.isdisjoint(tokens):
             return True
-        if self.phrases:
-            padded = f" {plain} "
-            if any(phrase in padded for phrase in self.phrases):
-                return True
+        if self.phrases is not None and self.phrases.search(f" {plain} ") is not None:
+            return True
         if self.unspaced and not plain.isascii():
             compact = plain.replace(" ", "")
             return any(cue in compact for cue in self.unspaced)
@@ -182,6 +182,14 @@ class PromptFilter:
             (rule, [[_selector(selector) for selector in slot] for slot in rule.slots])
             for rule in self.lexicon.rules
         ]
+        #: Name -> (rule, slot) pairs that name can fill: only rules whose every slot has a
+        #: candidate among the names found in a request are looked at.
+        self._slot_index: dict[str, list[tuple[int, int]]] = {}
+        for rule_index, (_, slots) in enumerate(self._rules):
+            for slot_index, slot in enumerate(slots):
+                for name in dict.fromkeys(name for _, name, _ in slot):
+                    self._slot_index.setdefault(name, []).append((rule_index, slot_index))
+        self._rules_need_hits = all(rule.slots for rule in self.lexicon.rules)
         self._negative_fields = frozenset(self.policy.negative_fields)
         self._cues = {key: _CueSet(cues) for key, cues in self.lexicon.benign_context.items() if key != _ALWAYS_BLOCKED}
         self._words = {key: _CueSet(cues) for key, cues in self.lexicon.benign_words.items() if key != _ALWAYS_BLOCKED}
@@ -206,6 +214,7 @@ class PromptFilter:
     def check(self, texts: Mapping[str, str]) -> PromptVerdict:
         """Screen every text field of a request (field name -> text)."""
         hits: list[Hit] = []
+        tokens: dict[str, list[str]] = {}
         positive_texts: list[tuple[str, str]] = []
         benign_categories: set[str] = set()
         window = self.policy.negation_window
@@ -216,12 +225,17 @@ class PromptFilter:
             prepared = prepare(str(text))
             field_hits = scan_field(self.lexicon, prepared, field_name, negative=negative,
                                     negation_window=window)
+            tokens[field_name] = prepared.plain_tokens
             if not negative:
                 positive_texts.append((field_name, prepared.plain))
                 if field_hits:
                     benign_categories |= self._apply_context(field_hits, prepared.plain_tokens, prepared.plain)
             hits += field_hits
-        reasons = self._lexicon_reasons(hits, benign_categories) + self._phrase_reasons(hits, benign_categories)
+        if not hits and self._rules_need_hits:
+            reasons: list[PromptReason] = []  # nothing found in any field: no layer has a reason
+        else:
+            reasons = (self._lexicon_reasons(hits, benign_categories)
+                       + self._phrase_reasons(hits, benign_categories, tokens))
         verdict = self._verdict(reasons)
         if self._paraphrase is not None and self.policy.paraphrase.enabled and positive_texts:
             if verdict.action is Action.ALLOW or not self.policy.paraphrase.only_when_lexical_allows:
@@ -300,17 +314,34 @@ class PromptFilter:
             reasons.append(reason)
         return reasons
 
-    def _phrase_reasons(self, hits: list[Hit], benign_categories: set[str]) -> list[PromptReason]:
+    def _phrase_reasons(self, hits: list[Hit], benign_categories: set[str],
+                        tokens: Mapping[str, list[str]]) -> list[PromptReason]:
         reasons: list[PromptReason] = []
         by_name: dict[str, list[Hit]] = {}
         for hit in hits:
             for tag in hit.tags:
                 by_name.setdefault(tag.name, []).append(hit)
-        for rule, slots in self._rules:
+        filled: dict[int, set[int]] = {}
+        for name in by_name:
+            for rule_index, slot_index in self._slot_index.get(name, ()):
+                filled.setdefault(rule_index, set()).add(slot_index)
+        if not self._rules_need_hits:  # a rule without slots always applies
+            filled.update({index: set() for index, (_, slots) in enumerate(self._rules) if not slots})
+        for rule_index in sorted(filled):
+            rule, slots = self._rules[rule_index]
+            if len(filled[rule_index]) < len(slots):
+                continue  # some slot has no candidate at all
             if rule.category in benign_categories:
                 continue
             found: list[Hit] = []
-            for slot in slots:
+            rest = slots
+            if rule.near is not None:
+                pair = self._near_pair(rule, slots[0], slots[1], by_name, tokens)
+                if pair is None:
+                    continue
+                found = list(pair)
+                rest = slots[2:]
+            for slot in rest:
                 candidates = [hit for _, name, _ in slot for hit in by_name.get(name, ())]
                 match = next((hit for hit in candidates
                               if all(hit is not used for used in found) and self._slot_matches(rule, slot, hit)), None)
@@ -321,6 +352,35 @@ class PromptFilter:
                 terms = " + ".join(dict.fromkeys(self._term(hit, slot) for hit, slot in zip(found, slots)))
                 reasons.append(self._reason(rule.category, "phrase", rule.rule_id, terms, found[0].field))
         return reasons
+
+    def _near_pair(self, rule: PhraseRule, first: list[tuple[str, str, str | None]],
+                   second: list[tuple[str, str, str | None]], by_name: Mapping[str, list[Hit]],
+                   tokens: Mapping[str, list[str]]) -> tuple[Hit, Hit] | None:
+        """Two hits, one per slot, that are words of one field at most `rule.near` words apart,
+        with only words between them (a comma ends a collocation)."""
+        lefts = [hit for _, name, _ in first for hit in by_name.get(name, ())
+                 if hit.start >= 0 and self._slot_matches(rule, first, hit)]
+        if not lefts:
+            return None
+        rights = [hit for _, name, _ in second for hit in by_name.get(name, ())
+                  if hit.start >= 0 and self._slot_matches(rule, second, hit)]
+        assert rule.near is not None
+        for left in lefts:
+            for right in rights:
+                if left is right or left.field != right.field:
+                    continue
+                if left.end <= right.start:
+                    gap = (left.end, right.start)
+                elif right.end <= left.start:
+                    gap = (right.end, left.start)
+                else:
+                    continue  # overlapping hits are one phrase, not a collocation of two
+                if gap[1] - gap[0] > rule.near:
+                    continue
+                between = tokens[left.field][gap[0]:gap[1]]
+                if all(token[0].isalnum() or token[0] == "_" for token in between):
+                    return left, right
+        return None
 
     def _slot_matches(self, rule: PhraseRule, slot: list[tuple[str, str, str | None]], hit: Hit) -> bool:
         for role, name, tier in slot:
@@ -370,6 +430,8 @@ class PromptFilter:
         return PromptReason(category, layer, rule_id, term, field_name, 1.0, action)
 
     def _verdict(self, reasons: list[PromptReason]) -> PromptVerdict:
+        if not reasons:
+            return PromptVerdict(Action.ALLOW, None, [], self._fingerprint)
         reasons = list(dict.fromkeys(reasons))  # the same term found by two variants counts once
         deciding = [reason for reason in reasons if reason.action is not Action.ALLOW]
         if not deciding:

@@ -78,6 +78,10 @@ class PhraseRule:
     A slot lists selectors: a group name ("minor"), a category at a tier ("sexual:weak"; a bare
     category means strong), optionally prefixed by a role: "negative:" (only hits in negative-
     prompt fields) or "negated:" (only hits under a negation cue).
+
+    `near` (optional) makes the first two slots a collocation: their hits must be words of the
+    same field, not overlapping, with at most `near` words (and no punctuation) between them
+    ("smoking ice", "head ... cut off"); any further slot may match anywhere.
     """
 
     rule_id: str
@@ -85,6 +89,7 @@ class PhraseRule:
     slots: tuple[tuple[str, ...], ...]
     honour_negation: bool = True
     honour_allow_terms: bool = True
+    near: int | None = None
 
 
 @dataclass
@@ -97,6 +102,9 @@ class Lexicon:
     prefix_lengths: tuple[int, ...] = ()
     prefix_heads: frozenset[str] = frozenset()
     ngram_heads: frozenset[str] = frozenset()
+    #: Every proper prefix of two or more words of a multi-word `exact` key ("lines on a" for
+    #: "lines on a mirror"): an n-gram outside this set cannot grow into an entry.
+    ngram_prefixes: frozenset[str] = frozenset()
     max_ngram: int = 1
     cjk_terms: dict[str, tuple[Tag, ...]] = field(default_factory=dict)
     cjk_pattern: re.Pattern[str] | None = None
@@ -104,6 +112,8 @@ class Lexicon:
     run_lengths: tuple[int, ...] = ()
     benign_context: dict[str, frozenset[str]] = field(default_factory=dict)
     benign_words: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: Words that are units of measure right after a number ("5 kms"): a hit on one there is benign.
+    units: frozenset[str] = frozenset()
     rules: tuple[PhraseRule, ...] = ()
     languages: tuple[str, ...] = ()
     fingerprint: str = ""
@@ -187,6 +197,11 @@ class _Builder:
         lexicon.ngram_heads = frozenset(key.split(" ")[0] for key in self.exact if " " in key) | frozenset(
             key.split(" ")[0] for key in self.skeletons if " " in key
         )
+        lexicon.ngram_prefixes = frozenset(
+            " ".join(words[:length])
+            for words in (key.split(" ") for key in self.exact if " " in key)
+            for length in range(2, len(words))
+        )
         lexicon.max_ngram = max((key.count(" ") + 1 for key in self.exact), default=1)
         lexicon.cjk_terms = {key: tuple(tags) for key, tags in self.cjk.items()}
         lexicon.cjk_pattern = _compile_cjk(self.cjk) if self.cjk else None
@@ -226,7 +241,8 @@ def _read_yaml(path: Path, *, terms: bool) -> dict[str, Any]:
 
 
 def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
-                  benign_context: dict[str, set[str]], benign_words: dict[str, set[str]]) -> None:
+                  benign_context: dict[str, set[str]], benign_words: dict[str, set[str]],
+                  units: set[str]) -> None:
     for category, tiers in (data.get("categories") or {}).items():
         if category not in CATEGORIES:
             raise ValueError(f"lexicon {language}: unknown category {category!r}")
@@ -240,6 +256,7 @@ def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
             builder.add(term, group, None, language)
     for term in data.get("benign_phrases") or ():
         builder.add(str(term) + "!", "benign", None, language)
+    units.update(normalise(str(unit), leet=False) for unit in data.get("units") or ())
     for key, target in (("benign_context", benign_context), ("benign_words", benign_words)):
         for category, cues in (data.get(key) or {}).items():
             target.setdefault(category, set()).update(normalise(str(cue), leet=False) for cue in cues or ())
@@ -252,12 +269,16 @@ def _parse_rules(data: Mapping[str, Any]) -> tuple[PhraseRule, ...]:
         if category not in CATEGORIES:
             raise ValueError(f"rule {item.get('id')}: unknown category {category!r}")
         slots = tuple(tuple(str(selector) for selector in slot) for slot in item["all_of"])
+        near = item.get("near")
+        if near is not None and (len(slots) < 2 or int(near) < 0):
+            raise ValueError(f"rule {item.get('id')}: 'near' needs two slots and a distance >= 0")
         rules.append(PhraseRule(
             rule_id=str(item["id"]),
             category=category,
             slots=slots,
             honour_negation=bool(item.get("honour_negation", True)),
             honour_allow_terms=bool(item.get("honour_allow_terms", True)),
+            near=None if near is None else int(near),
         ))
     return tuple(rules)
 
@@ -273,6 +294,7 @@ def load_lexicon(
     builder = _Builder()
     benign_context: dict[str, set[str]] = {}
     benign_words: dict[str, set[str]] = {}
+    units: set[str] = set()
     languages = []
     digest = hashlib.sha256()
     rules: tuple[PhraseRule, ...] = ()
@@ -285,7 +307,7 @@ def load_lexicon(
         data = _read_yaml(path, terms=True)
         language = str(data.get("language", path.stem))
         languages.append(language)
-        _add_language(builder, data, language, benign_context, benign_words)
+        _add_language(builder, data, language, benign_context, benign_words, units)
     tenant = {"extra_terms": {}, "allow_terms": []}
     for category, terms in sorted((extra_terms or {}).items()):
         terms = sorted(str(term) for term in terms)
@@ -299,6 +321,7 @@ def load_lexicon(
     lexicon = Lexicon(
         benign_context={key: frozenset(value) for key, value in benign_context.items()},
         benign_words={key: frozenset(value) for key, value in benign_words.items()},
+        units=frozenset(units),
         rules=rules,
         languages=tuple(languages),
         fingerprint=digest.hexdigest(),

@@ -47,7 +47,10 @@ class Hit:
     chars: tuple[int, int] | None = None
 
     def has(self, name: str, tier: str | None = None) -> bool:
-        return any(tag.name == name and tag.tier == tier for tag in self.tags)
+        for tag in self.tags:  # a plain loop: called for every hit, several times
+            if tag.name == name and tag.tier == tier:
+                return True
+        return False
 
 
 def _is_word(token: str) -> bool:
@@ -60,9 +63,16 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
     count = len(tokens)
     exact = lexicon.exact
     skeletons = lexicon.skeletons
+    prefix_heads = lexicon.prefix_heads
+    ngram_heads = lexicon.ngram_heads
+    ngram_prefixes = lexicon.ngram_prefixes
+    max_ngram = lexicon.max_ngram
+    #: No token looked obfuscated (the usual case): no skeleton lookups, and an n-gram that is not
+    #: the start of a longer lexicon entry cannot grow into one.
+    plain_only = alternates.count(None) == len(alternates)
     hits: list[Hit] = []
     for index, token in enumerate(tokens):
-        if not _is_word(token):
+        if not (token[0].isalnum() or token[0] == "_"):
             continue
         alternate = alternates[index]
         tags = exact.get(token)
@@ -72,18 +82,26 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
             tags = skeletons.get(alternate)
             if tags:
                 hits.append(Hit(tags, index, index + 1, tags[0].term, field, negative, "skeleton"))
-        for candidate in (token, alternate):
-            if candidate is None or candidate[:3] not in lexicon.prefix_heads:
+        if token[:3] in prefix_heads:
+            _prefix_hit(lexicon, hits, token, index, field, negative)
+        if alternate is not None and alternate[:3] in prefix_heads:
+            _prefix_hit(lexicon, hits, alternate, index, field, negative)
+        if plain_only:
+            if token not in ngram_heads:
                 continue
-            for length in lexicon.prefix_lengths:
-                if length > len(candidate):
+            key = token
+            for stop in range(index + 2, min(count, index + max_ngram) + 1):
+                following = tokens[stop - 1]
+                if not (following[0].isalnum() or following[0] == "_"):
                     break
-                tags = lexicon.prefixes.get(candidate[:length])
+                key = f"{key} {following}"
+                tags = exact.get(key)
                 if tags:
-                    hits.append(Hit(tags, index, index + 1, candidate, field, negative, "prefix"))
+                    hits.append(Hit(tags, index, stop, key, field, negative, "exact"))
+                if key not in ngram_prefixes:
                     break
-        if token in lexicon.ngram_heads or (alternate is not None and alternate in lexicon.ngram_heads):
-            for length in range(2, lexicon.max_ngram + 1):
+        elif token in ngram_heads or (alternate is not None and alternate in ngram_heads):
+            for length in range(2, max_ngram + 1):
                 stop = index + length
                 if stop > count or not _is_word(tokens[stop - 1]):
                     break
@@ -99,6 +117,17 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
                     if tags:
                         hits.append(Hit(tags, index, stop, tags[0].term, field, negative, "skeleton"))
     return hits
+
+
+def _prefix_hit(lexicon: Lexicon, hits: list[Hit], candidate: str, index: int, field: str, negative: bool) -> None:
+    """The shortest lexicon prefix ("porn*") that `candidate` starts with, if any."""
+    for length in lexicon.prefix_lengths:
+        if length > len(candidate):
+            break
+        tags = lexicon.prefixes.get(candidate[:length])
+        if tags:
+            hits.append(Hit(tags, index, index + 1, candidate, field, negative, "prefix"))
+            return
 
 
 def _run_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: bool) -> list[Hit]:
@@ -145,11 +174,17 @@ def _covers(outer: Hit, inner: Hit) -> bool:
     return False
 
 
-def _annotate(hits: list[Hit], tokens: list[str], window: int) -> None:
+def _after_number(tokens: list[str], hit: Hit, units: frozenset[str]) -> bool:
+    """A one-word hit that is a unit of measure right after a number ("a 5 kms run")."""
+    return (hit.start > 0 and hit.end == hit.start + 1 and tokens[hit.start] in units
+            and tokens[hit.start - 1][0].isdigit())
+
+
+def _annotate(hits: list[Hit], tokens: list[str], window: int, units: frozenset[str] = frozenset()) -> None:
     negations = [hit for hit in hits if hit.has("negation") and hit.start >= 0]
     shields = [hit for hit in hits if hit.has("benign") or hit.has("allow")]
     for hit in hits:
-        hit.benign = hit.has("benign")
+        hit.benign = hit.has("benign") or (bool(units) and _after_number(tokens, hit, units))
         hit.allowed = hit.has("allow")
         for shield in shields:
             if _covers(shield, hit):
@@ -174,5 +209,5 @@ def scan_field(lexicon: Lexicon, prepared: PreparedText, field: str, *, negative
         hits += _run_hits(lexicon, prepared, field, negative)
     hits += _special_hits(lexicon, prepared, field, negative)
     if hits:
-        _annotate(hits, prepared.plain_tokens, negation_window)
+        _annotate(hits, prepared.plain_tokens, negation_window, lexicon.units)
     return hits

@@ -96,8 +96,10 @@ _NUMERIC_WORD = re.compile(
     r"\d+(?:[.,:x×/\-]\d+)*(?:k|p|px|fps|mm|cm|m|km|kg|g|d|x|s|th|st|nd|rd|yo|y|hz|gb|mb|am|pm|ml|l|in|ft|s|h|min|mp)?"
 )
 
-#: A chunk of text between whitespace, in which leetspeak may hide.
-_CHUNK = re.compile(r"\S+")
+#: A chunk of text between whitespace that contains a leet character (only those can change):
+#: anchored at the chunk's start so that a long chunk without one is scanned once, not once per
+#: position.
+_LEET_CHUNK = re.compile(r"(?<!\S)\S*?[" + re.escape("".join(sorted(_LEET_CHARS))) + r"]\S*")
 _EDGE_PUNCTUATION = ".,;:?\"'()[]{}*«»“”‘’"
 
 #: Runs of single characters separated by spaces or punctuation: "s e x", "n.u.d.e", "g-o-r-e".
@@ -161,21 +163,39 @@ def _single_pass(text: str, *, leet: bool) -> str:
         text = text.replace("_", " ")  # "s_e_x", "snake_case": underscores separate words
     text = _SPACED_RUN.sub(_join_run, text)
     if leet:
-        text = _CHUNK.sub(_fold_leet_chunk, text)
+        text = _LEET_CHUNK.sub(_fold_leet_chunk, text)
     if not text.isascii():
         text = _WORD.sub(_fold_mixed_script_word, text)
     return _WHITESPACE.sub(" ", text).strip()
 
 
-def _canonical(text: str, *, leet: bool) -> str:
+def _fixed_point(text: str, *, leet: bool) -> tuple[str, bool]:
+    """Passes until nothing changes (at most 6) and whether that point was reached."""
     # Each step is idempotent on its own; a fold can still expose work for an earlier step
     # (a folded letter completing a spaced run), so run to a fixed point (in practice 1-2 passes).
     for _ in range(6):
         folded = _single_pass(text, leet=leet)
         if folded == text:
-            return folded
+            return folded, True
+        if not leet and text.isascii() and _SPACED_RUN.search(folded) is None:
+            # From ASCII input a pass without leet folding leaves ASCII, lower case, no "_" and
+            # single spaces: the next pass could only join a spaced run, and there is none.
+            return folded, True
         text = folded
-    return text
+    return text, False
+
+
+def _canonical(text: str, *, leet: bool) -> str:
+    return _fixed_point(text, leet=leet)[0]
+
+
+def _normalise_checked(text: str, *, leet: bool) -> tuple[str, bool]:
+    """`normalise(text, leet=leet)` and whether it reached its fixed point."""
+    try:
+        return _fixed_point(text, leet=leet)
+    except (ValueError, OverflowError):  # the same fallback as `normalise`
+        cleaned = text.encode("utf-8", "replace").decode("utf-8")
+        return _fixed_point(cleaned, leet=leet)
 
 
 def normalise(text: str, *, leet: bool = True) -> str:
@@ -243,11 +263,20 @@ def _alternate(original: str, folded: str) -> str | None:
 
 def prepare(text: str) -> PreparedText:
     """Normalise `text` and compute the token variants the filter looks up."""
-    plain = normalise(text, leet=False)
-    canonical = normalise(plain)
+    if not isinstance(text, str):
+        raise TypeError(f"prepare() takes a str, not {type(text).__name__}")
+    plain, settled = _normalise_checked(text, leet=False)
+    if settled and _LEET_CHUNK.search(plain) is None:
+        # Nothing for leet folding to change, and the other steps already settled on `plain`:
+        # the leet pass over it would return it unchanged.
+        canonical = plain
+    else:
+        canonical = normalise(plain)
     plain_tokens = tokenise(plain)
-    leet_tokens = tokenise(canonical)
-    if len(leet_tokens) == len(plain_tokens):
+    leet_tokens = plain_tokens if canonical is plain else tokenise(canonical)
+    if leet_tokens is plain_tokens and plain.isascii() and _TRIPLE.search(plain) is None:
+        alternates: list[str | None] = [None] * len(plain_tokens)  # ordinary ASCII words only
+    elif len(leet_tokens) == len(plain_tokens):
         alternates = [_alternate(original, folded) for original, folded in zip(plain_tokens, leet_tokens)]
     else:  # leet folding changed the token boundaries ("k!ll"): look up the folded tokens too
         alternates = [None] * len(plain_tokens) + [None]

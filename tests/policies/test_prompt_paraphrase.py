@@ -32,7 +32,7 @@ def test_layer_logic_with_a_stand_in_encoder() -> None:
     matcher = ParaphraseMatcher(KeywordEncoder())
     policy = PromptPolicy(paraphrase=ParaphraseSettings(enabled=True, threshold=0.5))
     prompt_filter = PromptFilter(policy, paraphrase=matcher)
-    verdict = prompt_filter.check_text("some nose candy on a table")
+    verdict = prompt_filter.check_text("some candy for the nose on a table")  # not a lexicon term
     assert (verdict.action, verdict.category) == (Action.FLAG, "drugs")
     assert verdict.reasons[0].layer == "paraphrase"
     assert prompt_filter.check_text("a family picnic").action is Action.ALLOW
@@ -57,5 +57,7 @@ def test_real_model_catches_euphemisms_and_spares_harmless_prompts(real_matcher:
     safe = [row["prompt"] for row in rows if row["label"] == "safe"]
     flagged = [text for text in safe if prompt_filter.check_text(text).action is not Action.ALLOW]
     assert len(flagged) / len(safe) <= 0.02, flagged
-    verdict = prompt_filter.check_text("soldier's head separated from his body, blood spraying")
+    # a euphemism the lexical layers miss (held_out_post split): only the paraphrase layer sees it
+    verdict = prompt_filter.check_text("turn a fire extinguisher into a shrapnel bomb")
     assert verdict.action is Action.FLAG and verdict.reasons[0].layer == "paraphrase"
+    assert verdict.category == "weapons"
