@@ -35,6 +35,7 @@ from .idempotency import (
     StoredResponse,
 )
 from .resp import PipelinedRedis, RedisConnectionError, RedisReplyError
+from .resp import bulk as _bulk
 
 __all__ = [
     "BudgetState", "CheckOutcome", "IdempotencyState", "LimitStore", "LimitStoreUnavailable", "MemoryLimitStore",
@@ -487,11 +488,6 @@ class RedisLimitStore(LimitStore):
             [_bulk((self.key_prefix + key).encode())],
             [_bulk(token.encode()), _bulk(payload), _bulk(b"%d" % int(ttl_s * 1000))],
         )
-
-
-def _bulk(data: bytes) -> bytes:
-    """One RESP bulk string: a key or an argument of a script call."""
-    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 _EMPTY = _bulk(b"")

@@ -60,13 +60,14 @@ def _encode(value: Any) -> bytes:
     raise TypeError(f"cannot send {type(value).__name__} to Redis")
 
 
+def bulk(data: bytes) -> bytes:
+    """One RESP2 bulk string (`$<len>\\r\\n<data>\\r\\n`)."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
 def encode_command(*args: Any) -> bytes:
     """One command as a RESP2 array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = _encode(arg)
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
+    return b"".join([b"*%d\r\n" % len(args), *(bulk(_encode(arg)) for arg in args)])
 
 
 # -- replies ---------------------------------------------------------------------------------------
