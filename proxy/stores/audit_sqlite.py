@@ -17,8 +17,8 @@ cheap at low load. It never waits: the database lock is tried with no busy timeo
 database sends the record to the writer thread; the WAL is never checkpointed inline (automatic
 checkpoints are off; the writer thread checkpoints every `WAL_CHECKPOINT_COMMITS` commits); and
 inline commits slower than the limit (3 of the last 50: a slow or saturated disk, not one outlier)
-turn the fast path off for `INLINE_PAUSE_S` seconds, logged. Under load records queue behind a running transaction and are
-group-committed by the thread as before.
+turn the fast path off for `INLINE_PAUSE_S` seconds, logged. Under load, records queue behind a
+running transaction and are group-committed by the thread as before.
 """
 
 from __future__ import annotations
@@ -169,6 +169,12 @@ class _Busy(Exception):
     """The inline fast path found the database locked by another connection: use the thread."""
 
 
+def _write_failure(exc: Exception) -> AuditWriteError:
+    """A failed single-record commit, logged, as the error its caller sees (either write path)."""
+    log.error("audit_write_failed", error=type(exc).__name__, detail=str(exc)[:500])
+    return exc if isinstance(exc, AuditWriteError) else AuditWriteError(f"audit write failed: {exc}")
+
+
 class _Call:
     """A function to run on the writer thread (retention, compaction, ping), in queue order."""
 
@@ -285,9 +291,7 @@ class _WriterThread:
         except Exception as exc:
             if len(batch) > 1:
                 return [settled for pending in batch for settled in self._commit([pending])]
-            log.error("audit_write_failed", error=type(exc).__name__, detail=str(exc)[:500])
-            error = exc if isinstance(exc, AuditWriteError) else AuditWriteError(f"audit write failed: {exc}")
-            return [(batch[0][1], error, True)]
+            return [(batch[0][1], _write_failure(exc), True)]
         return [(future, seq, False) for (_, future), seq in zip(batch, seqs, strict=True)]
 
     def _idle_checkpoint(self) -> None:
@@ -380,16 +384,10 @@ class SqliteAuditStore(GroupCommitStore):
         connection.execute("PRAGMA busy_timeout=0")
         try:
             [seq] = self._write_batch([prepared])
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise _Busy() from exc
-            log.error("audit_write_failed", error=type(exc).__name__, detail=str(exc)[:500])
-            raise AuditWriteError(f"audit write failed: {exc}") from exc
-        except AuditWriteError:
-            raise
         except Exception as exc:
-            log.error("audit_write_failed", error=type(exc).__name__, detail=str(exc)[:500])
-            raise AuditWriteError(f"audit write failed: {exc}") from exc
+            if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                raise _Busy() from exc
+            raise _write_failure(exc) from exc
         finally:
             connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             elapsed = time.perf_counter() - started
@@ -406,7 +404,7 @@ class SqliteAuditStore(GroupCommitStore):
         self.inline_commits += 1
         if self._commits_since_wal_checkpoint >= WAL_CHECKPOINT_COMMITS and not thread.wal_checkpoint_posted:
             thread.wal_checkpoint_posted = True  # the thread checkpoints the WAL, never the loop
-            thread.queue.put(_Call(lambda: None, (), thread.loop.create_future()))
+            thread.call(self._wal_checkpoint)
         return seq
 
     def _wal_checkpoint(self) -> None:
