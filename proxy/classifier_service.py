@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from pydantic import BaseModel, ConfigDict, Field
 
 from .adapters.surface import bearer_token, check_length, next_part, open_multipart, read_part
-from .errors import AuthenticationError, ImagegateError, InvalidRequestError, PayloadTooLargeError, StageFailedError
+from .errors import AuthenticationError, ImagegateError, InvalidRequestError, StageFailedError
 from .metrics import LATENCY_BUCKETS, RunnerCollector
 
 log = structlog.get_logger("imagegate.classifier_service")
@@ -99,28 +99,6 @@ class ClassifierServiceState:
 
 
 STATE: web.AppKey[ClassifierServiceState] = web.AppKey("classifier_service", ClassifierServiceState)
-
-
-def _error_response(error: ImagegateError) -> web.Response:
-    body = {"error": {"message": error.message, "type": error.type, "code": error.code, "param": error.param}}
-    return web.json_response(body, status=error.status)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ImagegateError as error:
-        return _error_response(error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        error = ImagegateError(exc.reason or "error", status=exc.status, code=f"http_{exc.status}")
-        error.type = "invalid_request_error"
-        return _error_response(error)
-    except Exception:
-        log.exception("unhandled_error", path=request.path)
-        return _error_response(ImagegateError("The classifier service failed to handle the request."))
 
 
 async def _read_images(request: web.Request, options: ServiceOptions) -> list[bytes]:
@@ -208,10 +186,11 @@ def create_classifier_app(classifier_settings: Any, options: ServiceOptions) -> 
     `classifier_settings` is a `ClassifierSettings`; a model that cannot be loaded stops start-up
     (a classifier service without its model has no purpose).
     """
-    from .app import request_id_middleware
+    from .app import error_middleware, request_id_middleware
 
     state = ClassifierServiceState(options)
-    app = web.Application(middlewares=[request_id_middleware, _errors], client_max_size=options.max_body_bytes)
+    # Errors in the gateway's own (OpenAI) shape, `{"error": {"message", "type", "code", "param"}}`.
+    app = web.Application(middlewares=[request_id_middleware, error_middleware], client_max_size=options.max_body_bytes)
     app[STATE] = state
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
