@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,13 @@ from aiohttp.test_utils import TestServer
 
 from proxy.settings import Settings
 from tests.fakes.openai_upstream import FakeOpenAI
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now (for servers started in a subprocess)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 TENANT_KEY = "sk-test-tenant-key"
 ADMIN_KEY = "sk-test-admin-key"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,12 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import TENANT_KEY, digest
+from tests.conftest import TENANT_KEY, digest, free_port
 from tests.proxy.audit_backends import Backend, backend  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 KILL_AFTER = 150  # acknowledged requests before the kill
 WORKERS = 24
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:

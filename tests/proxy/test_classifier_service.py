@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from proxy.settings import ConfigError
 from proxy.stages.factory import full_stages
 from proxy.stages.image_classifier import classifier_service
 from tests.classifiers.conftest import TINY_ARCHITECTURE, TinyModels, tiny_models  # noqa: F401  (fixture)
-from tests.conftest import TENANT_KEY, make_settings
+from tests.conftest import TENANT_KEY, free_port, make_settings
 from tests.fakes.openai_upstream import make_image
 
 TOKEN = "classifier-test-token"
@@ -87,12 +86,6 @@ def remote_section(url: str, **extra: Any) -> dict[str, Any]:
 
 def sdk(base_url: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=base_url, api_key=TENANT_KEY, max_retries=0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_two_proxies_share_one_service_that_batches_across_them(

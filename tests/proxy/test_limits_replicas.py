@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -16,19 +15,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import TENANT_KEY
+from tests.conftest import TENANT_KEY, free_port
 from tests.proxy.test_limits_stage import post
 from tests.proxy.test_limits_store import REDIS_URL, redis_prefix  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 GLOBAL_LIMIT = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config(tmp_path: Path, name: str, port: int, upstream_url: str, prefix: str) -> Path:
