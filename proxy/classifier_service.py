@@ -328,4 +328,3 @@ class RemoteClassifier:
             self.in_flight -= 1
             if self.outcomes is not None:
                 self.outcomes.labels(outcome).inc()
-
