@@ -63,6 +63,16 @@ class RecordingClassifier:
         self.batches.append(list(images))
         return self.inner.classify_outcomes(images)
 
+    # The runner's pipeline (decode ahead on a second thread, embed batches in the worker).
+    def prepare_outcome(self, image: bytes) -> tuple[bytes, torch.Tensor | ImageDecodeError]:
+        return image, self.inner.prepare_outcome(image)
+
+    def classify_prepared(
+        self, prepared: Sequence[tuple[bytes, torch.Tensor | ImageDecodeError]]
+    ) -> list[ImageVerdict | ImageDecodeError]:
+        self.batches.append([image for image, _ in prepared])
+        return self.inner.classify_prepared([tensor for _, tensor in prepared])
+
 
 @dataclass
 class RunnerResult:

@@ -1,8 +1,10 @@
 """`ImageClassifier`: decode, preprocess, embed and score images into `ImageVerdict`s (blocking, CPU).
 
 The facade over the loader, the concept scorer and the trained heads. `load_classifier(settings)`
-builds one per process (the proxy calls it in a thread at startup); `classify_batch` is what the
-batching runner calls in its worker thread. Categories a trained head covers are scored by the head;
+builds one per process (the proxy calls it in a thread at startup). The batching runner calls it in
+two phases: `prepare_outcome` (decode and preprocess) as each image arrives, on a thread of its own,
+and `classify_prepared` (embed and score) on whole batches in its worker thread; `classify_outcomes`
+and `classify_batch` do both at once. Categories a trained head covers are scored by the head;
 the rest by the concepts (unless `concepts_for_uncovered` is off).
 
 Must never: run on the event loop, return a verdict without the model's identity and calibration
@@ -25,7 +27,7 @@ from classifiers.concepts import (
 from classifiers.decode import decode_image
 from classifiers.errors import ClassifierError, ImageDecodeError
 from classifiers.heads import HeadSet, load_head_set
-from classifiers.loader import LoadedModel, ModelIdentity, encode_images, load_model
+from classifiers.loader import LoadedModel, ModelIdentity, encode_images, encode_pixels, load_model
 from classifiers.settings import ClassifierSettings
 from classifiers.verdict import ImageVerdict, decide
 
@@ -140,22 +142,30 @@ class ImageClassifier:
         """Verdicts for already-decoded RGB images."""
         return self.score_embeddings(self.embed_images(images))
 
+    def prepare(self, data: bytes) -> torch.Tensor:
+        """Decode and preprocess one image into the model's input (C x H x W); raises `ImageDecodeError`."""
+        return self.loaded.preprocess(self.decode(data))
+
+    def prepare_outcome(self, data: bytes) -> torch.Tensor | ImageDecodeError:
+        """`prepare`, with an undecodable image's error returned instead of raised."""
+        try:
+            return self.prepare(data)
+        except ImageDecodeError as error:
+            return error
+
+    def classify_prepared(
+        self, prepared: Sequence[torch.Tensor | ImageDecodeError]
+    ) -> list[ImageVerdict | ImageDecodeError]:
+        """One verdict per prepared image, in order; a decode error stays in its place."""
+        pixels = [item for item in prepared if not isinstance(item, ImageDecodeError)]
+        if not pixels:
+            return list(prepared)  # type: ignore[arg-type]
+        verdicts = iter(self.score_embeddings(encode_pixels(self.loaded, pixels, self.settings.batch_size)))
+        return [item if isinstance(item, ImageDecodeError) else next(verdicts) for item in prepared]
+
     def classify_outcomes(self, images: Sequence[bytes]) -> list[ImageVerdict | ImageDecodeError]:
         """One verdict per image, or the `ImageDecodeError` of an image that could not be decoded."""
-        outcomes: list[ImageVerdict | ImageDecodeError | None] = []
-        decoded: list[Image.Image] = []
-        positions: list[int] = []
-        for index, data in enumerate(images):
-            try:
-                decoded.append(self.decode(data))
-            except ImageDecodeError as error:
-                outcomes.append(error)
-            else:
-                positions.append(index)
-                outcomes.append(None)
-        for position, verdict in zip(positions, self.classify_images(decoded), strict=True):
-            outcomes[position] = verdict
-        return [outcome for outcome in outcomes if outcome is not None]
+        return self.classify_prepared([self.prepare_outcome(data) for data in images])
 
     def classify_batch(self, images: Sequence[bytes]) -> list[ImageVerdict]:
         """One verdict per image, in order; raises `ImageDecodeError` if any image cannot be decoded."""

@@ -336,11 +336,22 @@ def _embed_dim(model: torch.nn.Module) -> int:
 
 def encode_images(loaded: LoadedModel, images: Sequence[Image.Image], batch_size: int = 16) -> torch.Tensor:
     """L2-normalised image embeddings (N x D, float32, CPU) of RGB images, `batch_size` at a time."""
+    embeddings = [
+        encode_pixels(loaded, [loaded.preprocess(image) for image in images[start : start + batch_size]])
+        for start in range(0, len(images), batch_size)
+    ]
+    if not embeddings:
+        return torch.empty((0, loaded.identity.embed_dim))
+    return torch.cat(embeddings)
+
+
+def encode_pixels(loaded: LoadedModel, pixels: Sequence[torch.Tensor], batch_size: int = 16) -> torch.Tensor:
+    """L2-normalised embeddings (N x D, float32, CPU) of already preprocessed images (C x H x W each)."""
     chunks: list[torch.Tensor] = []
-    for start in range(0, len(images), batch_size):
-        pixels = torch.stack([loaded.preprocess(image) for image in images[start : start + batch_size]])
+    for start in range(0, len(pixels), batch_size):
+        batch = torch.stack(list(pixels[start : start + batch_size]))
         with torch.inference_mode():
-            features = loaded.model.encode_image(pixels.to(loaded.device), normalize=True)  # type: ignore[operator]
+            features = loaded.model.encode_image(batch.to(loaded.device), normalize=True)  # type: ignore[operator]
         chunks.append(features.float().cpu())
     if not chunks:
         return torch.empty((0, loaded.identity.embed_dim))
