@@ -3,7 +3,7 @@
 Routes: each API surface (`adapters.registry.default_surfaces`: OpenAI at `/v1/images/...`;
 Stability, BFL, Replicate, fal and Google under `/{surface}/...`) registers its own routes, which run
 the stage pipeline, directly or as asynchronous jobs (`proxy.jobs`); `/v1/assets/...` serves
-imagegate's signed image URLs; `/openapi.json` describes the routes; any other `/v1/...` path is
+imagegate's signed image URLs (and the images' C2PA sidecars, `<asset>.c2pa`); `/openapi.json` describes the routes; any other `/v1/...` path is
 streamed to the pass-through provider; `/healthz`, `/readyz` and `/metrics` are for operators.
 Middleware only does what crosses every request (request ids, turning stray exceptions into
 provider-shaped errors). Every exchange ends with exactly one
@@ -44,10 +44,11 @@ from .pipeline import Pipeline, Stage
 from .settings import Settings
 from .stages.authenticate import Authenticate
 from .stages.limits import IdempotentReplay
+from .stages.provenance import publish_sidecar, remember_sidecar_url
 from .stages.read_request import ReadRequest
 from .stages.skipped import SkippedStage
 from .stages.upstream import Upstream
-from .stores.assets import AssetNotFound, AssetStore, open_asset_store
+from .stores.assets import AssetNotFound, AssetStore, is_sidecar, media_type_of, open_asset_store, sidecar_of
 from .stores.audit import AuditStore, AuditWriteError, open_audit_store
 from .webhooks import WebhookSender, load_or_create_webhook_secret
 
@@ -470,13 +471,15 @@ async def _respond(gateway: Gateway, exchange: Exchange, request: web.Request, s
                 )
             )
         elif exchange.request.response_format == "url":
-            base = gateway.settings.server.public_base_url or f"{request.scheme}://{request.host}"
-            for image in exchange.result.images:
+            base = (gateway.settings.server.public_base_url or f"{request.scheme}://{request.host}").rstrip("/")
+            ttl = gateway.settings.server.asset_url_ttl_s
+            for index, image in enumerate(exchange.result.images):
                 if not image.withheld:
                     name = await gateway.assets.put(image.data, image.media_type)
-                    image.asset_url = base.rstrip("/") + gateway.assets.signed_path(
-                        name, gateway.settings.server.asset_url_ttl_s
-                    )
+                    image.asset_url = base + gateway.assets.signed_path(name, ttl)
+                    sidecar = await publish_sidecar(exchange, index, gateway.assets, name)
+                    if sidecar is not None:
+                        remember_sidecar_url(exchange, index, base + gateway.assets.signed_path(sidecar, ttl))
     if exchange.error is not None:
         response = surface.render_error(exchange.error)
     else:
@@ -548,14 +551,23 @@ async def asset_handler(request: web.Request) -> web.StreamResponse:
         data = await gateway.assets.get(name)
     except AssetNotFound as exc:
         raise ImagegateError("This image no longer exists.", status=404, code="not_found") from exc
-    media_type = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}[name.rsplit(".", 1)[1]]
-    # The bytes are an image whatever they look like: never sniffed into HTML, never run as a page.
+    # The bytes are an image (or a C2PA sidecar) whatever they look like: never sniffed into HTML,
+    # never run as a page.
     headers = {
         "Cache-Control": "private, max-age=3600",
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "default-src 'none'; sandbox",
     }
-    return web.Response(body=data, content_type=media_type, headers=headers)
+    if is_sidecar(name):
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    elif gateway.settings.provenance.get("mode", "embedded") != "embedded":
+        # C2PA's discovery of an external manifest store over HTTP; signed for as long as this URL.
+        sidecar = sidecar_of(name)
+        if await gateway.assets.exists(sidecar):
+            path = gateway.assets.signed_path_until(sidecar, int(request.query["expires"]))
+            base = gateway.settings.server.public_base_url or f"{request.scheme}://{request.host}"
+            headers["Link"] = f'<{base.rstrip("/")}{path}>; rel="c2pa-manifest"'
+    return web.Response(body=data, content_type=media_type_of(name), headers=headers)
 
 
 async def passthrough_handler(request: web.Request) -> web.StreamResponse:

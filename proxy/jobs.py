@@ -10,7 +10,8 @@ imagegate a job is one `Exchange` travelling through the ordinary pipeline in a 
    `Idempotency-Key` (claimed by the limits stage), the answer is kept for retries: a retried
    submit gets the same job, audited as a replay; a submit that created no job frees its key.
 2. Otherwise the client gets the job id. The provider collects the upstream result (its own polls,
-   or a wait); the response stages classify and sign the images; they are stored in the asset store;
+   or a wait); the response stages classify and sign the images; they are stored in the asset store
+   (C2PA sidecars beside them, in provenance sidecar/both mode);
    the audit record is written; only then is the processed outcome stored under the job id. This
    happens once per job, whatever the number of polls: polls only read the stored outcome.
 3. Polls answer with fresh signed imagegate URLs for the stored images, never with a provider URL,
@@ -41,6 +42,7 @@ from .adapters.surface import JobSurface, SurfaceRoute, base_url
 from .errors import ImagegateError, InvalidRequestError
 from .exchange import Exchange
 from .stages.limits import IdempotentReplay
+from .stages.provenance import publish_sidecar
 from .webhooks import WebhookSender, derive_tenant_secret
 
 if TYPE_CHECKING:
@@ -397,8 +399,12 @@ class JobRunner:
             )
         assets: list[dict[str, str]] = []
         if exchange.error is None and result is not None:
-            for image in released:
+            for index, image in enumerate(result.images):
+                if image.withheld:
+                    continue
                 name = await gateway.assets.put(image.data, image.media_type)
+                # Served beside the image; its URL is the image's `Link: rel="c2pa-manifest"`.
+                await publish_sidecar(exchange, index, gateway.assets, name)
                 assets.append({"name": name, "media_type": image.media_type})
             response = web.Response(status=200)
         else:

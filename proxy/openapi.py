@@ -65,6 +65,16 @@ class ImageData(BaseModel):
     b64_json: str | None = None
     url: str | None = None
     revised_prompt: str | None = None
+    c2pa_manifest_url: str | None = Field(
+        None,
+        description="imagegate extension, `provenance.mode` sidecar or both, URL responses: the signed, expiring URL "
+        "of the image's C2PA manifest store (`application/c2pa`, served at `/v1/assets/{name}.c2pa`). Absent in embedded mode.",
+    )
+    c2pa_manifest_b64: str | None = Field(
+        None,
+        description="imagegate extension, `provenance.mode` sidecar or both, base64 responses: the image's C2PA "
+        "manifest store (`application/c2pa`), base64-encoded. Absent in embedded mode.",
+    )
 
 
 class ImagesResponse(BaseModel):
@@ -361,7 +371,18 @@ def own_paths() -> dict[str, dict[str, Any]]:
         query("cursor", {"type": "string", "pattern": r"^[ad]\d{1,18}$"}, "next_cursor of the previous page"),
         query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size"),
     ]
-    image_answer = answer("The image.", {media_type: {"schema": binary()} for media_type in _IMAGE_TYPES})
+    asset_answer = {
+        **answer(
+            "The image, or for a `.c2pa` name the image's C2PA manifest store (provenance sidecar/both mode).",
+            {media_type: {"schema": binary()} for media_type in (*_IMAGE_TYPES, "application/c2pa")},
+        ),
+        "headers": {
+            "Link": {
+                "description": 'On an image that has a sidecar: `<signed URL of the .c2pa>; rel="c2pa-manifest"`.',
+                "schema": {"type": "string"},
+            }
+        },
+    }
     verify_body = {
         "multipart/form-data": {
             "schema": {"type": "object", "properties": {"image": {"type": "array", "items": binary(), "maxItems": MAX_IMAGES}}}
@@ -386,14 +407,14 @@ def own_paths() -> dict[str, dict[str, Any]]:
             "get": {
                 "operationId": "get_asset",
                 "tags": ["assets"],
-                "summary": "An image imagegate returned as a URL (signed, expiring; the signature is the credential)",
+                "summary": "An image imagegate returned as a URL, or its C2PA sidecar `<name>.c2pa` (signed, expiring; the signature is the credential)",
                 "security": [],
                 "parameters": [
                     {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": ASSET_NAME.pattern}},
                     query("expires", {"type": "string", "pattern": r"^\d+$"}, "expiry, epoch seconds", required=True),
                     query("signature", {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "HMAC-SHA256", required=True),
                 ],
-                "responses": {"200": image_answer, **errors()},
+                "responses": {"200": asset_answer, **errors()},
             }
         },
         "/v1/audit/records": {

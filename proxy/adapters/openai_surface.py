@@ -3,7 +3,9 @@
 `POST /v1/images/generations` (JSON) and `POST /v1/images/edits` (multipart: one or more `image`,
 `image[]` or `image[N]` parts, an optional `mask`) become a `GenerationRequest`; a finished exchange
 is rendered back as OpenAI's `ImagesResponse` (base64 or imagegate URLs), so the official SDK keeps
-working unchanged. Errors come out in OpenAI's shape: `{"error": {"message", "type", "code", "param"}}`.
+working unchanged; in provenance sidecar/both mode each image also names its C2PA manifest store
+(`c2pa_manifest_url` or `c2pa_manifest_b64`, extra fields the SDK keeps in `model_extra`). Errors
+come out in OpenAI's shape: `{"error": {"message", "type", "code", "param"}}`.
 
 Parsing enforces the body limit while reading (never buffers more than the limit), accepts unknown
 fields (passed to the upstream as they are, so new SDK parameters keep working) and refuses what
@@ -26,6 +28,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ..exchange import Exchange, GenerationRequest, InputImage, sniff_media_type
+from ..stages.provenance import manifest_fields
 from .surface import (
     ParseContext,
     SurfaceRoute,
@@ -149,9 +152,10 @@ def render_result(exchange: Exchange) -> web.Response:
     """The OpenAI `ImagesResponse` for a finished, successful exchange."""
     result = exchange.result
     assert result is not None and exchange.request is not None
-    released = [image for image in result.images if not image.withheld]
     data: list[dict[str, Any]] = []
-    for image in released:
+    for index, image in enumerate(result.images):
+        if image.withheld:
+            continue
         item: dict[str, Any] = {}
         if exchange.request.response_format == "url":
             item["url"] = image.asset_url
@@ -159,6 +163,9 @@ def render_result(exchange: Exchange) -> web.Response:
             item["b64_json"] = base64.b64encode(image.data).decode("ascii")
         if image.revised_prompt:
             item["revised_prompt"] = image.revised_prompt
+        # Sidecar/both provenance modes: where the image's C2PA manifest store is (an extra field
+        # the OpenAI SDK keeps in `model_extra`); absent in embedded mode.
+        item.update(manifest_fields(exchange, index))
         data.append(item)
     body: dict[str, Any] = {"created": result.created, "data": data}
     body.update({key: value for key, value in result.metadata.items() if key in ("background", "quality", "size")})

@@ -10,13 +10,18 @@ are created under the data folder on first start and every decision says so.
 `provenance.mode` decides where the manifest store goes: embedded in the image (default), beside
 it as a sidecar (`.c2pa`, the image bytes are released untouched: for channels that strip
 metadata), or both. Sidecars are left in `exchange.notes[SIDECARS_NOTE]`, keyed by the image's
-index in `exchange.result.images`; `sidecars(exchange)` reads them. Serving them (storing
-`<asset>.c2pa` next to a URL response's asset, naming it in the response) is the responder's job.
+index in `exchange.result.images`; `sidecars(exchange)` reads them. The responder delivers them:
+for a URL response it stores each beside its image's asset as `<asset>.c2pa` (`publish_sidecar`)
+and hands out a signed URL for it; the asset route names that URL in a `Link: <...>;
+rel="c2pa-manifest"` header on the image (C2PA's discovery of external manifests over HTTP), and
+OpenAI-shaped responses add `manifest_fields(exchange, index)` to each image: `c2pa_manifest_url`
+(URL responses) or `c2pa_manifest_b64` (base64 responses). In embedded mode none of this exists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +43,7 @@ from provenance import (
 from ..exchange import Exchange
 from ..pipeline import BaseStage
 from ..settings import ConfigError
+from ..stores.assets import SIDECAR_MEDIA_TYPE, SIDECAR_SUFFIX, AssetStore
 
 log = structlog.get_logger("imagegate.provenance")
 
@@ -46,8 +52,11 @@ KEY_ENV = "IMAGEGATE_SIGNING_KEY"
 
 #: `exchange.notes` key of the sidecars: {index in `exchange.result.images`: Sidecar}.
 SIDECARS_NOTE = "provenance.sidecars"
-SIDECAR_MEDIA_TYPE = "application/c2pa"
-SIDECAR_SUFFIX = ".c2pa"
+#: `exchange.notes` key of the sidecars' signed URLs, once stored for a URL response: {index: URL}.
+SIDECAR_URLS_NOTE = "provenance.sidecar_urls"
+#: The fields an OpenAI-shaped image item gets when its manifest store is a sidecar.
+MANIFEST_URL_FIELD = "c2pa_manifest_url"
+MANIFEST_B64_FIELD = "c2pa_manifest_b64"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,28 @@ def sidecars(exchange: Exchange) -> dict[int, Sidecar]:
 def sidecar_name(asset_name: str) -> str:
     """Where a sidecar is stored and served: next to its asset, `photo.png` -> `photo.png.c2pa`."""
     return asset_name + SIDECAR_SUFFIX
+
+
+async def publish_sidecar(exchange: Exchange, index: int, assets: AssetStore, asset_name: str) -> str | None:
+    """Store the sidecar of image `index` beside its stored asset; its name, or None without one."""
+    sidecar = sidecars(exchange).get(index)
+    if sidecar is None:
+        return None
+    return await assets.put_sidecar(asset_name, sidecar.data)
+
+
+def remember_sidecar_url(exchange: Exchange, index: int, url: str) -> None:
+    exchange.notes.setdefault(SIDECAR_URLS_NOTE, {})[index] = url
+
+
+def manifest_fields(exchange: Exchange, index: int) -> dict[str, str]:
+    """What tells the client where the manifest store of image `index` is: the sidecar's signed
+    URL in a URL response, the store itself (base64) otherwise; nothing without a sidecar."""
+    if exchange.request is not None and exchange.request.response_format == "url":
+        url = (exchange.notes.get(SIDECAR_URLS_NOTE) or {}).get(index)
+        return {MANIFEST_URL_FIELD: url} if url else {}
+    sidecar = sidecars(exchange).get(index)
+    return {MANIFEST_B64_FIELD: base64.b64encode(sidecar.data).decode("ascii")} if sidecar else {}
 
 
 def provenance_settings(section: Mapping[str, Any], data_dir: Path, environ: Mapping[str, str] | None = None) -> tuple[ProvenanceSettings, bool]:

@@ -5,6 +5,10 @@ R2...) is the option for several replicas, so that an image stored by one replic
 other. Asset names are random (128 bits) and every URL handed to a client is signed (HMAC-SHA256 over
 name and expiry) and expires, so a URL cannot be guessed, extended or turned into another asset.
 Names are validated before they touch a folder or a bucket, so a name can never escape either.
+
+An image may have a C2PA sidecar (its manifest store, `application/c2pa`) stored beside it as
+`<image name>.c2pa` (`put_sidecar`), served through the same signed URLs under its own signature;
+deleting an image deletes its sidecar too, so retention never leaves a manifest behind.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from ..exchange import FORMATS
 if TYPE_CHECKING:
     from ..settings import AssetSettings
 
-_NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpeg|webp)$")
+_NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpeg|webp)(\.c2pa)?$")
+
+SIDECAR_SUFFIX = ".c2pa"
+SIDECAR_MEDIA_TYPE = "application/c2pa"
+#: What a stored name is served as, by its last extension.
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "c2pa": SIDECAR_MEDIA_TYPE}
 
 
 class AssetNotFound(Exception):
@@ -40,23 +49,62 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
+def is_sidecar(name: str) -> bool:
+    return name.endswith(SIDECAR_SUFFIX)
+
+
+def sidecar_of(name: str) -> str:
+    """The name of an image's sidecar: `<32 hex>.png` -> `<32 hex>.png.c2pa`."""
+    if not valid_name(name) or is_sidecar(name):
+        raise ValueError(f"not an image asset name: {name!r}")
+    return name + SIDECAR_SUFFIX
+
+
+def media_type_of(name: str) -> str:
+    """The media type a (valid) stored name is served with."""
+    return MEDIA_TYPES[name.rsplit(".", 1)[1]]
+
+
+def _with_sidecars(names: Sequence[str]) -> list[str]:
+    """The valid `names`, each image followed by its sidecar's name (deleted with it)."""
+    valid = [name for name in names if valid_name(name)]
+    return valid + [sidecar_of(name) for name in valid if not is_sidecar(name)]
+
+
 class AssetStore(abc.ABC):
     """Stored images plus the signed, expiring URLs that point at them."""
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
-    @abc.abstractmethod
     async def put(self, data: bytes, media_type: str) -> str:
         """Store `data` and return its (new, random) name."""
+        name = new_name(media_type)
+        await self._store(name, data, media_type)
+        return name
+
+    async def put_sidecar(self, image_name: str, data: bytes) -> str:
+        """Store the C2PA manifest store of image `image_name` beside it; returns the sidecar's name."""
+        name = sidecar_of(image_name)
+        await self._store(name, data, SIDECAR_MEDIA_TYPE)
+        return name
+
+    @abc.abstractmethod
+    async def _store(self, name: str, data: bytes, media_type: str) -> None:
+        """Write `data` under `name` (already validated), replacing it atomically."""
 
     @abc.abstractmethod
     async def get(self, name: str) -> bytes:
         """The bytes of `name`, or `AssetNotFound`."""
 
     @abc.abstractmethod
+    async def exists(self, name: str) -> bool:
+        """Whether `name` is stored (False for an invalid name)."""
+
+    @abc.abstractmethod
     async def delete(self, names: Sequence[str]) -> int:
-        """Remove these assets (retention); returns how many existed. Invalid names are ignored."""
+        """Remove these assets (retention) and the sidecars of the images among them; returns how
+        many of `names` existed (sidecars removed along are not counted). Invalid names are ignored."""
 
     async def close(self) -> None:  # noqa: B027 (optional hook)
         """Release clients and connections."""
@@ -65,7 +113,9 @@ class AssetStore(abc.ABC):
         return hmac.new(self._secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
 
     def signed_path(self, name: str, ttl_s: int) -> str:
-        expires = int(time.time()) + ttl_s
+        return self.signed_path_until(name, int(time.time()) + ttl_s)
+
+    def signed_path_until(self, name: str, expires: int) -> str:
         return f"/v1/assets/{name}?expires={expires}&signature={self.sign(name, expires)}"
 
     def check(self, name: str, expires: str, signature: str) -> bool:
@@ -82,18 +132,16 @@ class LocalAssetStore(AssetStore):
         super().__init__(secret)
         self.folder = Path(folder)
 
-    async def put(self, data: bytes, media_type: str) -> str:
-        name = new_name(media_type)
+    async def _store(self, name: str, data: bytes, media_type: str) -> None:
         path = self.folder / name
 
         def _write() -> None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
+            temporary = self.folder / (name + ".tmp")
             temporary.write_bytes(data)
             temporary.replace(path)
 
         await asyncio.to_thread(_write)
-        return name
 
     async def get(self, name: str) -> bytes:
         if not valid_name(name):
@@ -104,16 +152,20 @@ class LocalAssetStore(AssetStore):
         except FileNotFoundError as exc:
             raise AssetNotFound(name) from exc
 
+    async def exists(self, name: str) -> bool:
+        return valid_name(name) and await asyncio.to_thread((self.folder / name).is_file)
+
     async def delete(self, names: Sequence[str]) -> int:
+        asked = {name for name in names if valid_name(name)}
+
         def _remove() -> int:
             removed = 0
-            for name in names:
-                if valid_name(name):
-                    try:
-                        (self.folder / name).unlink()
-                        removed += 1
-                    except FileNotFoundError:
-                        pass
+            for name in _with_sidecars(names):
+                try:
+                    (self.folder / name).unlink()
+                    removed += name in asked
+                except FileNotFoundError:
+                    pass
             return removed
 
         return await asyncio.to_thread(_remove)
@@ -154,12 +206,10 @@ class S3AssetStore(AssetStore):
     def _key(self, name: str) -> str:
         return self.prefix + name
 
-    async def put(self, data: bytes, media_type: str) -> str:
-        name = new_name(media_type)
+    async def _store(self, name: str, data: bytes, media_type: str) -> None:
         await asyncio.to_thread(
             self._client.put_object, Bucket=self.bucket, Key=self._key(name), Body=data, ContentType=media_type
         )
-        return name
 
     async def get(self, name: str) -> bytes:
         if not valid_name(name):
@@ -178,8 +228,22 @@ class S3AssetStore(AssetStore):
 
         return await asyncio.to_thread(_get)
 
+    async def exists(self, name: str) -> bool:
+        if not valid_name(name):
+            return False
+
+        def _head() -> bool:
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=self._key(name))
+                return True
+            except self._client.exceptions.ClientError:
+                return False
+
+        return await asyncio.to_thread(_head)
+
     async def delete(self, names: Sequence[str]) -> int:
-        keys = [self._key(name) for name in names if valid_name(name)]
+        asked = {self._key(name) for name in names if valid_name(name)}
+        keys = [self._key(name) for name in _with_sidecars(names)]
         if not keys:
             return 0
 
@@ -188,6 +252,8 @@ class S3AssetStore(AssetStore):
             for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
                 chunk = keys[start : start + 1000]
                 for key in chunk:  # S3 reports deletes of missing keys as success: count first
+                    if key not in asked:
+                        continue  # a sidecar goes with its image, uncounted: no HEAD needed
                     try:
                         self._client.head_object(Bucket=self.bucket, Key=key)
                         existing += 1
