@@ -362,7 +362,7 @@ def own_paths() -> dict[str, dict[str, Any]]:
         query("tenant", {"type": "string"}, "must be the admin key's own tenant"),
         query("user", {"type": "string"}, "end user"),
         query("model", {"type": "string"}, "model id"),
-        query("outcome", {"type": "string"}, "allow, flag, blur, block, error, rejected..."),
+        query("outcome", {"type": "string"}, "allow, flag, blur, block, error, rejected, review, admin_read (reads of the trail, left out unless asked for)..."),
         query("decision", {"type": "string"}, "an action any stage took"),
         query("category", {"type": "string"}, "a category any decision named"),
         query("since", {"type": "string"}, "epoch seconds, ISO 8601, or an age such as 7d"),

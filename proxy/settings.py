@@ -165,6 +165,9 @@ class AuditSettings(Model):
     checkpoint_key_file: Path = Path("audit-checkpoint.key")
     #: Which generated images keep a copy for reviewers: none, the flagged ones, or all.
     retain_images: Literal["none", "flagged", "all"] = "flagged"
+    #: Every admin read of the trail or the review queue (`/v1/audit/...`, `/v1/review/...` GETs)
+    #: writes an `admin_read` audit record first (who read what, when); false turns that off.
+    log_admin_reads: bool = True
     #: Retention rules (`policies.retention.RetentionPolicy`): per tenant and per field, legal holds.
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     #: Seconds between two runs of the retention purge inside `imagegate serve`; 0 disables it

@@ -5,7 +5,8 @@ one image with `image_index`, or for all of them). Before the exchange's audit r
 each flagged image is copied into the asset store and named in the record's `retained_images`
 field with a new review item id; the audit store opens the review item in the same transaction as
 the record. A reviewer's decision is itself an audit record, chained like every other, whose
-`review` field closes the item (again in one transaction).
+`review` field closes the item (again in one transaction). So is an admin's read of the trail or
+the queue (`admin_read_record`): who looked at which records and images, and when.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from policies.decisions import Action
 
 from ..audit_record import new_audit_id
 from ..exchange import Caller, Exchange
+from ..stores.audit import ADMIN_READ
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -102,5 +104,36 @@ def review_record(item: dict[str, Any], caller: Caller, decision: str, note: str
             "subject_audit_id": item["audit_id"],
             "image_sha256": item.get("sha256"),
         },
+        "policy_version": policy_version,
+    }
+
+
+def admin_read_record(
+    caller: Caller,
+    access: dict[str, Any],
+    *,
+    route: str,
+    request_id: str | None,
+    client_address: str | None,
+    reader: str | None,
+    policy_version: str,
+) -> dict[str, Any]:
+    """The audit record of one admin read: the admin's key (and name, when the `X-Imagegate-User`
+    header gives one), and in `access` what was read: the resource, the query's filters, how many
+    records or items came back and their ids (and the image index, for an image)."""
+    return {
+        "id": new_audit_id(),
+        "time": time.time(),
+        "request_id": request_id,
+        "operation": ADMIN_READ,
+        "route": route,
+        "tenant": caller.tenant,
+        "key_id": caller.key_id,
+        "end_user": reader,
+        "client_address": client_address,
+        "outcome": ADMIN_READ,
+        "status": 200,
+        "decisions": [],
+        "access": access,
         "policy_version": policy_version,
     }

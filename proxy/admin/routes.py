@@ -5,6 +5,10 @@ that tenant's records and review items (another tenant's record answers 404, as 
 exist). Cursors are opaque to clients (`d<seq>` newest first, `a<seq>` oldest first). The page
 under `/admin/` is static HTML and JavaScript; it asks for the admin key and sends it as a Bearer
 token, so it holds no session of its own.
+
+Reading the trail is itself audited (`audit.log_admin_reads`): every successful GET of a record,
+an image or the review queue writes an `admin_read` record before the answer is released, and the
+answer is withheld (503 `audit_unavailable`) when that record cannot be written.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import structlog
 from aiohttp import web
 
-from ..errors import ImagegateError, InvalidRequestError, PermissionDeniedError
+from ..errors import AuditUnavailableError, ImagegateError, InvalidRequestError, PermissionDeniedError
 from ..exchange import Caller
 from ..stores.assets import AssetNotFound
 from ..stores.audit import AuditQuery, ReviewConflict, ReviewQuery
 from ..stores.audit_chain import is_redacted
-from .review import review_record
+from .review import admin_read_record, review_record
 
 STATIC = Path(__file__).parent / "static"
 _STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
@@ -35,6 +40,11 @@ _PAGE_HEADERS = {
 }
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 MAX_LIMIT = 500
+#: Query parameters an admin read's audit record keeps (the filters; never a credential).
+_RECORD_FILTERS = ("tenant", "user", "model", "outcome", "decision", "category", "since", "until", "order", "cursor", "limit")
+_REVIEW_FILTERS = ("status", "cursor", "limit")
+
+log = structlog.get_logger("imagegate.admin")
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -100,6 +110,38 @@ def _not_found(what: str) -> ImagegateError:
     return ImagegateError(f"No such {what}.", status=404, code="not_found")
 
 
+async def _audited(request: web.Request, caller: Caller, response: web.Response, access: dict[str, Any]) -> web.Response:
+    """Write the audit record of this admin read, then release `response`; fail closed when the
+    record cannot be written, as the proxy does for an exchange."""
+    gateway = _gateway(request)
+    if not gateway.settings.audit.log_admin_reads:
+        return response
+    from ..app import REQUEST_ID
+
+    reader = request.headers.get("X-Imagegate-User") or None
+    record = admin_read_record(
+        caller,
+        access,
+        route=request.path,
+        request_id=request.get(REQUEST_ID),
+        client_address=request.remote,
+        reader=reader[:256] if reader else None,
+        policy_version=gateway.policy_version,
+    )
+    try:
+        await gateway.audit.append(record)
+    except Exception as exc:
+        gateway.metrics.audit_failures.inc()
+        log.error("audit_write_failed_read_refused", audit_id=record["id"], route=request.path, error=str(exc)[:500])
+        raise AuditUnavailableError("This read could not be recorded in the audit log, so its result is withheld.") from exc
+    response.headers["X-Imagegate-Audit-Id"] = record["id"]
+    return response
+
+
+def _filters(request: web.Request, names: tuple[str, ...]) -> dict[str, str]:
+    return {name: request.query[name][:256] for name in names if request.query.get(name)}
+
+
 async def list_records(request: web.Request) -> web.Response:
     caller = require_admin(request)
     q = request.query
@@ -134,22 +176,30 @@ async def list_records(request: web.Request) -> web.Response:
     )
     records = await _gateway(request).audit.query(query)
     next_cursor = f"{order[0]}{records[-1]['seq']}" if len(records) == limit else None
-    return web.json_response({"object": "list", "data": records, "next_cursor": next_cursor}, dumps=_dumps)
+    response = web.json_response({"object": "list", "data": records, "next_cursor": next_cursor}, dumps=_dumps)
+    access = {
+        "resource": "audit_records",
+        "filters": _filters(request, _RECORD_FILTERS),
+        "returned": len(records),
+        "ids": [record["id"] for record in records],
+    }
+    return await _audited(request, caller, response, access)
 
 
-async def _own_record(request: web.Request) -> dict[str, Any]:
+async def _own_record(request: web.Request) -> tuple[Caller, dict[str, Any]]:
     caller = require_admin(request)
     record = await _gateway(request).audit.get(request.match_info["id"])
     if record is None or record.get("tenant") != caller.tenant:
         raise _not_found("audit record")
-    return record  # type: ignore[no-any-return]
+    return caller, record
 
 
 async def get_record(request: web.Request) -> web.Response:
-    record = await _own_record(request)
+    caller, record = await _own_record(request)
     items = await _gateway(request).audit.review_items(ReviewQuery(tenant=record["tenant"], status=None, audit_id=record["id"]))
     record["review_items"] = [_public_item(item) for item in items]
-    return web.json_response(record, dumps=_dumps)
+    response = web.json_response(record, dumps=_dumps)
+    return await _audited(request, caller, response, {"resource": "audit_record", "returned": 1, "ids": [record["id"]]})
 
 
 async def _asset(request: web.Request, name: str | None, media_type: str | None) -> web.Response:
@@ -163,13 +213,21 @@ async def _asset(request: web.Request, name: str | None, media_type: str | None)
 
 
 async def record_image(request: web.Request) -> web.Response:
-    record = await _own_record(request)
+    caller, record = await _own_record(request)
     retained = record.get("retained_images")
     if not isinstance(retained, list):
         raise _not_found("retained image (it was never kept, or retention removed it)")
     for image in retained:
         if str(image.get("index")) == request.match_info["index"]:
-            return await _asset(request, image.get("asset"), image.get("media_type"))
+            response = await _asset(request, image.get("asset"), image.get("media_type"))
+            access = {
+                "resource": "audit_record_image",
+                "returned": 1,
+                "ids": [record["id"]],
+                "image_index": image.get("index"),
+                "image_sha256": image.get("sha256"),
+            }
+            return await _audited(request, caller, response, access)
     raise _not_found("retained image")
 
 
@@ -190,7 +248,15 @@ async def list_review_items(request: web.Request) -> web.Response:
         ReviewQuery(tenant=caller.tenant, status=None if status == "all" else status, after=request.query.get("cursor") or None, limit=limit)
     )
     next_cursor = items[-1]["id"] if len(items) == limit else None
-    return web.json_response({"object": "list", "data": [_public_item(i) for i in items], "next_cursor": next_cursor}, dumps=_dumps)
+    response = web.json_response({"object": "list", "data": [_public_item(i) for i in items], "next_cursor": next_cursor}, dumps=_dumps)
+    access = {
+        "resource": "review_items",
+        "filters": _filters(request, _REVIEW_FILTERS),
+        "returned": len(items),
+        "ids": [item["id"] for item in items],
+        "subject_audit_ids": [item["audit_id"] for item in items],
+    }
+    return await _audited(request, caller, response, access)
 
 
 async def _own_item(request: web.Request) -> tuple[Caller, dict[str, Any]]:
@@ -201,14 +267,21 @@ async def _own_item(request: web.Request) -> tuple[Caller, dict[str, Any]]:
     return caller, item
 
 
+def _item_access(resource: str, item: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"resource": resource, "returned": 1, "ids": [item["id"]], "subject_audit_ids": [item["audit_id"]], **extra}
+
+
 async def get_review_item(request: web.Request) -> web.Response:
-    _, item = await _own_item(request)
-    return web.json_response(_public_item(item), dumps=_dumps)
+    caller, item = await _own_item(request)
+    response = web.json_response(_public_item(item), dumps=_dumps)
+    return await _audited(request, caller, response, _item_access("review_item", item))
 
 
 async def review_item_image(request: web.Request) -> web.Response:
-    _, item = await _own_item(request)
-    return await _asset(request, item.get("asset"), item.get("media_type"))
+    caller, item = await _own_item(request)
+    response = await _asset(request, item.get("asset"), item.get("media_type"))
+    access = _item_access("review_item_image", item, image_index=item.get("image_index"), image_sha256=item.get("sha256"))
+    return await _audited(request, caller, response, access)
 
 
 async def decide_review_item(request: web.Request) -> web.Response:
@@ -232,8 +305,6 @@ async def decide_review_item(request: web.Request) -> web.Response:
     except ReviewConflict as exc:
         raise ImagegateError("This item was decided by someone else meanwhile.", status=409, code="already_decided") from exc
     except Exception as exc:
-        from ..errors import AuditUnavailableError
-
         raise AuditUnavailableError("The review decision could not be recorded in the audit log; nothing was changed.") from exc
     updated = await gateway.audit.review_item(item["id"])
     return web.json_response({"item": _public_item(updated or item), "audit_id": record["id"]}, dumps=_dumps)

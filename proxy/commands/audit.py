@@ -65,7 +65,8 @@ def _filters(parser: argparse.ArgumentParser, required_range: bool = False) -> N
     parser.add_argument("--tenant")
     parser.add_argument("--user", help="end user")
     parser.add_argument("--model")
-    parser.add_argument("--outcome", help="allow, flag, blur, block, error, rejected, review, retention")
+    parser.add_argument("--outcome", help="allow, flag, blur, block, error, rejected, review, retention, "
+                        "admin_read (reads of the trail by admins: listed only when asked for)")  # fmt: skip
     parser.add_argument("--decision", help="an action any stage took (flag, block, ...)")
     parser.add_argument("--category", help="a category any decision named")
     parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")

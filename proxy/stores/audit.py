@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("imagegate.audit")
 
+#: The operation and outcome of the record an admin's read of the trail or the review queue writes
+#: (`proxy.admin.review.admin_read_record`). Queries leave these records out unless `outcome` names
+#: them, so the access log does not bury the exchanges it is about.
+ADMIN_READ = "admin_read"
+
 
 class AuditWriteError(Exception):
     """The record could not be made durable; the request must fail closed."""
@@ -60,6 +65,8 @@ class AuditQuery:
     tenant: str | None = None
     end_user: str | None = None
     model: str | None = None
+    #: allow, flag, blur, block, error, rejected, review, retention, or `ADMIN_READ`: records of admin
+    #: reads are returned only when this asks for them.
     outcome: str | None = None
     #: A decision action any stage (or an image verdict) took: allow, flag, blur, block, error...
     decision: str | None = None
@@ -73,6 +80,11 @@ class AuditQuery:
     before_seq: int | None = None
     order: Literal["asc", "desc"] = "asc"
     limit: int = 100
+
+    @property
+    def excluded_outcome(self) -> str | None:
+        """The outcome both stores leave out: admin reads, unless `outcome` asks for one."""
+        return ADMIN_READ if self.outcome is None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +406,7 @@ def trusted_public_keys(settings: Settings, extra_files: Sequence[Path] = ()) ->
 from .audit_sqlite import SqliteAuditStore  # noqa: E402  (re-exported: the embedded default)
 
 __all__ = [
+    "ADMIN_READ",
     "AuditQuery",
     "AuditStore",
     "AuditWriteError",

@@ -299,6 +299,8 @@ class PostgresAuditStore(GroupCommitStore):
         ):
             if value is not None:
                 clauses.append(f"{column} = {param(value)}")
+        if query.excluded_outcome is not None:
+            clauses.append(f"outcome IS DISTINCT FROM {param(query.excluded_outcome)}")
         for column, value in (("actions", query.decision), ("categories", query.category)):
             if value is not None:
                 clauses.append(f"strpos({column}, {param(f',{value},')}) > 0")

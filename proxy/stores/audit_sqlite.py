@@ -581,6 +581,9 @@ class SqliteAuditStore(GroupCommitStore):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if query.excluded_outcome is not None:
+            clauses.append("outcome IS NOT ?")
+            params.append(query.excluded_outcome)
         for column, value in (("actions", query.decision), ("categories", query.category)):
             if value is not None:
                 clauses.append(f"instr({column}, ?) > 0")

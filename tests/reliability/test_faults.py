@@ -41,6 +41,7 @@ from multidict import CIMultiDict
 from proxy.app import GATEWAY, Gateway, create_app
 from proxy.settings import Settings
 from proxy.stages.factory import full_stages
+from proxy.stores.audit import AuditQuery
 from tests.classifiers.conftest import TINY_ARCHITECTURE, TinyModels, tiny_models  # noqa: F401  (fixture)
 from tests.conftest import ADMIN_KEY, TENANT_KEY, make_settings
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -257,7 +258,8 @@ def break_classifier(rig: Rig) -> AbstractContextManager[list[int]]:
     """The model itself raises on every batch, as a GPU that ran out of memory does."""
     runner = rig.stage("output_classifier").service.runner
     assert runner is not None, "the classifier must be loaded for this test"
-    return failing(runner.classifier, "classify_outcomes", lambda: RuntimeError("CUDA error: out of memory"))
+    # The runner decodes ahead (`prepare_outcome`) and runs the model on whole batches here:
+    return failing(runner.classifier, "classify_prepared", lambda: RuntimeError("CUDA error: out of memory"))
 
 
 def break_signer(rig: Rig) -> AbstractContextManager[list[int]]:
@@ -633,4 +635,8 @@ async def test_sqlite_disk_full_withholds_the_result_then_recovers(rig_factory) 
         acknowledged.append((await assert_recovers(rig))["id"])
     assert [audit_id for audit_id in acknowledged if await audit_record(rig, audit_id) is None] == []
     report = await store.verify()
-    assert report.ok and report.records == len(acknowledged), report.to_dict()
+    # Besides the acknowledged exchanges, the chain holds only the audit records of the reads above
+    # (`audit_record` reads as a compliance officer does, and such reads are audited).
+    reads = await store.query(AuditQuery(outcome="admin_read", limit=1000))
+    assert {read["access"]["ids"][0] for read in reads} <= set(acknowledged)
+    assert report.ok and report.records == len(acknowledged) + len(reads), report.to_dict()

@@ -144,7 +144,7 @@ async function openRecord(id) {
   fields.replaceChildren();
   for (const name of ["time", "tenant", "end_user", "key_id", "client_address", "route", "operation", "provider", "model",
     "size", "n", "quality", "status", "outcome", "prompt", "negative_prompt", "prompt_sha256", "cost_estimate_usd",
-    "latency_ms", "policy_version", "request_id", "licence", "error", "review"]) {
+    "latency_ms", "policy_version", "request_id", "licence", "error", "review", "access"]) {
     if (!(name in record)) continue;
     fields.append(el("dt", {}, name), el("dd", { "data-field": name }, name === "time" ? time(record.time) + " UTC" : display(record[name])));
   }
