@@ -8,12 +8,12 @@ batch at once. One undecodable image fails only its own caller.
 
 A classifier that can work in two phases (`prepare_outcome`: decode and preprocess one image;
 `classify_prepared`: embed and score a batch, as `ImageClassifier` does) gets a pipeline: each
-image is decoded on a second thread as soon as it arrives, while the worker is still running the
-batch before, so the worker only embeds. At most `2 * max_batch` images are prepared ahead of the
+image is decoded on a decoding thread (`decode_threads`, default 1) as soon as it arrives, while
+the worker is still running the batch before, so the worker only embeds. At most `2 * max_batch` images are prepared ahead of the
 collector (their tensors wait in memory); the rest are prepared when the collector takes them.
 
 Must never: run decoding or inference on the event loop, start more than one inference at a time
-(they would fight over the same cores), decode on more than one thread besides the worker, or leave
+(they would fight over the same cores), decode on more than `decode_threads` threads, or leave
 a caller waiting forever after `close()`.
 """
 
@@ -58,14 +58,19 @@ class _Pending:
 class BatchingRunner:
     """Micro-batching front of an `ImageClassifier` for asyncio callers."""
 
-    def __init__(self, classifier: BatchClassifier, max_batch: int = 16, max_wait_ms: float = 10.0) -> None:
+    def __init__(
+        self, classifier: BatchClassifier, max_batch: int = 16, max_wait_ms: float = 10.0, decode_threads: int = 1
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if decode_threads < 1:
+            raise ValueError("decode_threads must be at least 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must not be negative")
         self.classifier = classifier
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
+        self.decode_threads = decode_threads
         self._queue: asyncio.Queue[_Pending] | None = None
         self._collector: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -91,7 +96,9 @@ class BatchingRunner:
         self._queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagegate-classifier")
         if two_phase(self.classifier):
-            self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagegate-classifier-prepare")
+            self._preparer = ThreadPoolExecutor(
+                max_workers=self.decode_threads, thread_name_prefix="imagegate-classifier-decode"
+            )
         self._collector = asyncio.create_task(self._collect(), name="imagegate-classifier-batcher")
 
     async def classify(self, image: bytes) -> ImageVerdict:

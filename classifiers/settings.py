@@ -81,6 +81,9 @@ class ClassifierSettings(BaseModel):
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     batch_size: int = Field(default=16, ge=1, le=512)
     max_batch_wait_ms: float = Field(default=10.0, ge=0.0, le=5000.0)
+    # Threads that decode and preprocess images ahead of the model (Pillow releases the GIL). One
+    # suits a CPU model, which needs the cores itself; on a GPU, decoding is the bottleneck: raise it.
+    decode_threads: int = Field(default=1, ge=1, le=64)
     actions: dict[str, Action] = Field(default_factory=lambda: dict(DEFAULT_CATEGORY_ACTIONS))
     default_action: Action = Action.FLAG  # for a category with no entry in `actions`
     concepts: ConceptOverrides = Field(default_factory=ConceptOverrides)

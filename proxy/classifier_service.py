@@ -198,7 +198,8 @@ def create_classifier_app(classifier_settings: Any, options: ServiceOptions) -> 
 
         classifier = await asyncio.to_thread(load_classifier, classifier_settings)
         runner = BatchingRunner(
-            classifier, max_batch=classifier_settings.batch_size, max_wait_ms=classifier_settings.max_batch_wait_ms
+            classifier, max_batch=classifier_settings.batch_size, max_wait_ms=classifier_settings.max_batch_wait_ms,
+            decode_threads=classifier_settings.decode_threads,
         )
         await runner.start()
         state.model, state.calibrated = classifier.model_label, classifier.calibrated

@@ -73,7 +73,8 @@ class ClassifierService:
                 log.warning("classifier_unavailable", detail=str(exc))
                 return
             self.runner = BatchingRunner(
-                classifier, max_batch=self.settings.batch_size, max_wait_ms=self.settings.max_batch_wait_ms
+                classifier, max_batch=self.settings.batch_size, max_wait_ms=self.settings.max_batch_wait_ms,
+                decode_threads=self.settings.decode_threads,
             )
             await self.runner.start()
 

@@ -223,3 +223,26 @@ async def test_two_phase_runner_matches_classify_batch_and_closes_while_preparin
     for task in waiting:
         with pytest.raises(ClassifierClosedError):
             await task
+
+
+async def test_decode_threads_prepare_images_in_parallel() -> None:
+    barrier = threading.Barrier(3, timeout=5)
+
+    class Parallel(PipelineProbe):
+        def prepare_outcome(self, image: bytes) -> bytes | ImageDecodeError:
+            barrier.wait()  # BrokenBarrierError unless three images are being prepared at once
+            return super().prepare_outcome(image)
+
+    probe = Parallel()
+    probe.later_prepared.set()
+    probe.release.set()
+    with pytest.raises(ValueError, match="decode_threads"):
+        BatchingRunner(probe, decode_threads=0)
+    runner = BatchingRunner(probe, max_batch=4, max_wait_ms=50, decode_threads=3)
+    await runner.start()
+    try:
+        results = await asyncio.gather(*(runner.classify(image) for image in (b"a", b"b", b"c")))
+    finally:
+        await runner.close()
+    assert [verdict.model for verdict in results] == ["A", "B", "C"]
+    assert len({thread for _, thread in probe.prepared}) == 3
