@@ -44,6 +44,30 @@ async def test_concurrent_appends_still_group_commit_on_the_thread(tmp_path: Pat
     assert store.inline_commits < 200
 
 
+async def test_callers_that_append_again_right_away_keep_group_commit(tmp_path: Path) -> None:
+    """Request handlers: each appends, then the loop serves others, then it appends again.
+
+    When a group commit finishes, every caller it acknowledged is about to append again. If the first
+    of them committed inline, the next would find the writer idle as well, and the store would fall
+    back to one fsync per record for as long as the load lasts.
+    """
+    store = SqliteAuditStore(tmp_path / "audit.sqlite3", inline_commit_max_ms=50.0)
+    await store.start()
+    counter = iter(range(10**6))
+
+    async def handler() -> None:
+        for _ in range(25):
+            await store.append(record(next(counter)))
+            await asyncio.sleep(0)  # the handler sends its response; other tasks run
+
+    await asyncio.gather(*(handler() for _ in range(16)))
+    report = await store.verify()
+    await store.close()
+    assert report.ok and report.records == 400
+    # Only the handlers' first appends, before any was queued, can find everything idle.
+    assert store.inline_commits <= 16
+
+
 async def test_a_locked_database_never_blocks_the_event_loop(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite3"
     store = SqliteAuditStore(path, inline_commit_max_ms=50.0)
