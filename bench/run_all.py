@@ -56,6 +56,7 @@ TARGETS: dict[str, Target] = {
     "signing_vs_sha256": Target(5, "<= 3x a SHA-256 of the same bytes", "ratio", "<=", 3.0),
     "signing_bytes_added": Target(5, "< 8 KB added per image", "value", "<", 8192.0),
     "audit_sqlite_rps": Target(6, ">= 50,000 durable records/s on SQLite", "value", ">=", 50_000.0),
+    "audit_sqlite_vs_raw": Target(6, ">= 0.26x the raw floor (50,000 of the issue's 190,000), SQLite", "ratio", ">=", 50_000 / 190_000),
     "audit_postgres_rps": Target(6, ">= 10,000 durable records/s on PostgreSQL", "value", ">=", 10_000.0),
     "audit_added_per_request": Target(6, "< 0.3 ms added per request", "value", "<", 0.3),
     "limits_memory_us": Target(7, "< 20 µs per in-memory check", "value", "<", 20.0),
