@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +29,8 @@ from tests.fakes.bfl import FakeBFL
 from tests.fakes.provider_harness import Counters, count_audits, counting_stages, is_signed, provider_settings, serve
 from tests.proxy.test_limits_store import REDIS_URL
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] (dev extra) runs the S3 endpoint")
+pytest.importorskip("moto.server", reason="moto[server] (dev extra) runs the S3 endpoint")
 BUCKET = "imagegate-test"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,18 +81,6 @@ async def test_local_store_keeps_sidecars_beside_their_images(tmp_path: Path) ->
     store = LocalAssetStore(tmp_path / "assets", b"k" * 32)
     await check_store(store)
     assert not list((tmp_path / "assets").glob("*.tmp"))
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] (dev extra) runs the S3 endpoint")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 async def test_s3_store_keeps_sidecars_beside_their_images(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
