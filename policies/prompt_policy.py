@@ -21,9 +21,11 @@ __all__ = ["CategoryAction", "ParaphraseSettings", "PromptPolicy", "DEFAULT_PARA
 
 CategoryAction = Literal["block", "flag", "allow"]
 
-#: Cosine similarity above which the paraphrase layer reports a category. Calibrated on
-#: tests/data/prompt_eval.jsonl with `imagegate prompts report --calibrate` (all-MiniLM-L6-v2).
-DEFAULT_PARAPHRASE_THRESHOLD = 0.51
+#: Paraphrase score (mean similarity to the nearest unsafe examples of a category, contrasted with
+#: the nearest safe examples; see policies/paraphrase.py) at or above which the paraphrase layer
+#: reports a category. Calibrated on the main split of tests/data/prompt_eval.jsonl with
+#: `imagegate prompts report --split main --calibrate` (all-MiniLM-L6-v2, no harmless prompt over it).
+DEFAULT_PARAPHRASE_THRESHOLD = 0.52
 
 
 class ParaphraseSettings(BaseModel):

@@ -1,7 +1,7 @@
 """The labelled evaluation set meets the issue's quality targets (recall and false positives;
 these are quality figures, not timings). Run `imagegate prompts report --show-misses` to see them.
 
-The set has three splits (the row's "split" field; `imagegate prompts report --split NAME`):
+The set has four splits (the row's "split" field; `imagegate prompts report --split NAME`):
 - main (no "split" field): the original set; the issue's targets are asserted on it. Its five
   euphemism misses were known when the slang, self-harm code, improvised-explosive and
   decapitation families were added, so its euphemism figure is optimistic.
@@ -10,7 +10,11 @@ The set has three splits (the row's "split" field; `imagegate prompts report --s
 - held_out_post: 20 euphemisms and 12 hard harmless prompts written after the rules were frozen and
   never tuned on (except the one prompt involving minors, which had to be fixed, and one false
   positive). It is the honest measure of how the lexical layers generalise: far below target.
-False positives and the minors recall are asserted on every split.
+- held_out_blind: 74 euphemisms (every category but minors, which its author declined to write) and
+  80 hard harmless prompts, written by a separate author who never saw the rules, the examples or
+  the other splits; added after the paraphrase layer's example bank was rebuilt and never tuned on.
+  Lexical recall 25/74, 2 false positives in 80; with the paraphrase layer 52/74 and 6 in 80.
+False positives (over all splits together) and the minors recall are asserted on every split.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ OBFUSCATION_CLASSES = {"leet", "homoglyph", "zero_width", "spaced", "fullwidth",
 HELD_OUT_POST_EUPHEMISM_FLOOR = 0.20
 #: The first held-out batch (written before the families, seen while designing them): 20/20.
 HELD_OUT_EUPHEMISM_FLOOR = 0.90
+#: The blind split, lexical layers: 25/74. A regression guard; the issue's 0.90 is NOT met.
+HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.30
 
 
 def _split(rows: list[dict], name: str) -> list[dict]:
@@ -70,10 +76,10 @@ def test_the_set_is_big_and_varied(rows: list[dict]) -> None:
     assert {row["language"] for row in rows} >= {"en", "es", "fr", "de", "pt", "ru", "ja"}
     for row in rows:
         assert {"prompt", "label", "language", "obfuscation"} <= set(row)
-        assert row.get("split", "main") in ("main", "held_out", "held_out_post")
+        assert row.get("split", "main") in ("main", "held_out", "held_out_post", "held_out_blind")
 
 
-@pytest.mark.parametrize("split", ["held_out", "held_out_post"])
+@pytest.mark.parametrize("split", ["held_out", "held_out_post", "held_out_blind"])
 def test_held_out_splits_have_euphemisms_and_hard_harmless_prompts(rows: list[dict], split: str) -> None:
     held_out = _split(rows, split)
     assert sum(row["obfuscation"] == "euphemism" for row in held_out if row["label"] != "safe") >= 15
@@ -110,7 +116,8 @@ def test_recall_per_obfuscation_class(report: EvaluationReport, obfuscation: str
 
 
 @pytest.mark.parametrize(("split", "floor"), [("held_out", HELD_OUT_EUPHEMISM_FLOOR),
-                                              ("held_out_post", HELD_OUT_POST_EUPHEMISM_FLOOR)])
+                                              ("held_out_post", HELD_OUT_POST_EUPHEMISM_FLOOR),
+                                              ("held_out_blind", HELD_OUT_BLIND_EUPHEMISM_FLOOR)])
 def test_held_out_euphemism_recall_does_not_regress(rows: list[dict], prompt_filter: PromptFilter,
                                                     split: str, floor: float) -> None:
     detected, total = evaluate(prompt_filter, _split(rows, split)).by_obfuscation["euphemism"]
