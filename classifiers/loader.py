@@ -336,13 +336,11 @@ def _embed_dim(model: torch.nn.Module) -> int:
 
 def encode_images(loaded: LoadedModel, images: Sequence[Image.Image], batch_size: int = 16) -> torch.Tensor:
     """L2-normalised image embeddings (N x D, float32, CPU) of RGB images, `batch_size` at a time."""
-    embeddings = [
-        encode_pixels(loaded, [loaded.preprocess(image) for image in images[start : start + batch_size]])
+    embeddings = [  # preprocessed a batch at a time: never every image's tensor at once
+        encode_pixels(loaded, [loaded.preprocess(image) for image in images[start : start + batch_size]], batch_size)
         for start in range(0, len(images), batch_size)
     ]
-    if not embeddings:
-        return torch.empty((0, loaded.identity.embed_dim))
-    return torch.cat(embeddings)
+    return torch.cat(embeddings) if embeddings else torch.empty((0, loaded.identity.embed_dim))
 
 
 def encode_pixels(loaded: LoadedModel, pixels: Sequence[torch.Tensor], batch_size: int = 16) -> torch.Tensor:
