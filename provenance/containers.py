@@ -32,6 +32,8 @@ from provenance.media import JPEG, PNG, WEBP
 
 #: The media type c2pa-rs uses for a bare manifest store (what a `.c2pa` sidecar holds).
 MANIFEST_STORE_MEDIA_TYPE = "application/c2pa"
+#: The file extension of a manifest store kept beside its asset (a sidecar): `photo.png.c2pa`.
+SIDECAR_SUFFIX = ".c2pa"
 
 #: Bytes of manifest store per JPEG APP11 segment (c2pa-rs's `MAX_JPEG_MARKER_SIZE`).
 JPEG_SEGMENT_PAYLOAD = 64000

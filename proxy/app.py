@@ -28,7 +28,7 @@ from .adapters.base import Provider
 from .adapters.demo import DemoProvider
 from .adapters.openai_upstream import OpenAIUpstream
 from .adapters.registry import build_provider, default_surfaces
-from .adapters.surface import JobSurface, ParseContext, Surface, SurfaceRoute
+from .adapters.surface import JobSurface, ParseContext, Surface, SurfaceRoute, base_url
 from .admin import add_admin_routes
 from .admin.review import retain_images
 from .audit_record import build_record, exchange_outcome, new_audit_id
@@ -471,7 +471,7 @@ async def _respond(gateway: Gateway, exchange: Exchange, request: web.Request, s
                 )
             )
         elif exchange.request.response_format == "url":
-            base = (gateway.settings.server.public_base_url or f"{request.scheme}://{request.host}").rstrip("/")
+            base = base_url(request, gateway.settings.server.public_base_url)
             ttl = gateway.settings.server.asset_url_ttl_s
             for index, image in enumerate(exchange.result.images):
                 if not image.withheld:
@@ -565,8 +565,8 @@ async def asset_handler(request: web.Request) -> web.StreamResponse:
         sidecar = sidecar_of(name)
         if await gateway.assets.exists(sidecar):
             path = gateway.assets.signed_path_until(sidecar, int(request.query["expires"]))
-            base = gateway.settings.server.public_base_url or f"{request.scheme}://{request.host}"
-            headers["Link"] = f'<{base.rstrip("/")}{path}>; rel="c2pa-manifest"'
+            base = base_url(request, gateway.settings.server.public_base_url)
+            headers["Link"] = f'<{base}{path}>; rel="c2pa-manifest"'
     return web.Response(body=data, content_type=media_type_of(name), headers=headers)
 
 

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from provenance import verify_image
-from provenance.containers import looks_like_manifest_store
+from provenance.containers import MANIFEST_STORE_MEDIA_TYPE, SIDECAR_SUFFIX, looks_like_manifest_store
 from provenance.errors import VerificationError
 
 from .errors import ImagegateError, InvalidRequestError, PayloadTooLargeError
@@ -32,8 +32,6 @@ from .fetch import SafeFetcher
 MAX_URLS = 50
 MAX_IMAGES = 50
 
-SIDECAR_MEDIA_TYPE = "application/c2pa"
-SIDECAR_SUFFIX = ".c2pa"
 
 
 class Source(NamedTuple):
@@ -120,7 +118,7 @@ def pair_sidecars(sources: list[Source], sidecars: list[tuple[str, bytes]]) -> l
 
 def _is_sidecar_part(content_type: str | None, filename: str | None) -> bool:
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    return media_type == SIDECAR_MEDIA_TYPE or bool(filename and filename.lower().endswith(SIDECAR_SUFFIX))
+    return media_type == MANIFEST_STORE_MEDIA_TYPE or bool(filename and filename.lower().endswith(SIDECAR_SUFFIX))
 
 
 async def verify_sources(sources: list[Source] | list[tuple[str, bytes | ImagegateError]], trust_anchors_pem: str | None) -> dict[str, Any]:

@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from provenance import ProvenanceError, VerificationReport, verify_image
+from provenance.containers import SIDECAR_SUFFIX
 from provenance.media import EXTENSIONS
 from provenance.verify import media_type_for_path
 
-#: The extension of a sidecar manifest store (`application/c2pa`).
-SIDECAR_SUFFIX = ".c2pa"
 
 CSV_COLUMNS = [
     "path",

@@ -43,7 +43,7 @@ from provenance import (
 from ..exchange import Exchange
 from ..pipeline import BaseStage
 from ..settings import ConfigError
-from ..stores.assets import SIDECAR_MEDIA_TYPE, SIDECAR_SUFFIX, AssetStore
+from ..stores.assets import SIDECAR_MEDIA_TYPE, AssetStore
 
 log = structlog.get_logger("imagegate.provenance")
 
@@ -74,11 +74,6 @@ def sidecars(exchange: Exchange) -> dict[int, Sidecar]:
     """The sidecars the provenance stage left, by index in `exchange.result.images`."""
     found = exchange.notes.get(SIDECARS_NOTE)
     return dict(found) if isinstance(found, dict) else {}
-
-
-def sidecar_name(asset_name: str) -> str:
-    """Where a sidecar is stored and served: next to its asset, `photo.png` -> `photo.png.c2pa`."""
-    return asset_name + SIDECAR_SUFFIX
 
 
 async def publish_sidecar(exchange: Exchange, index: int, assets: AssetStore, asset_name: str) -> str | None:

@@ -24,17 +24,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from provenance.containers import MANIFEST_STORE_MEDIA_TYPE, SIDECAR_SUFFIX
+
 from ..exchange import FORMATS
+from ..exchange import MEDIA_TYPES as IMAGE_MEDIA_TYPES
 
 if TYPE_CHECKING:
     from ..settings import AssetSettings
 
 _NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpeg|webp)(\.c2pa)?$")
 
-SIDECAR_SUFFIX = ".c2pa"
-SIDECAR_MEDIA_TYPE = "application/c2pa"
+SIDECAR_MEDIA_TYPE = MANIFEST_STORE_MEDIA_TYPE
 #: What a stored name is served as, by its last extension.
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "c2pa": SIDECAR_MEDIA_TYPE}
+MEDIA_TYPES = {**IMAGE_MEDIA_TYPES, SIDECAR_SUFFIX.lstrip("."): SIDECAR_MEDIA_TYPE}
 
 
 class AssetNotFound(Exception):

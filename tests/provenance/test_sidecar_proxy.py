@@ -19,7 +19,8 @@ from proxy.exchange import Exchange, GeneratedImage, GenerationRequest, Generati
 from proxy.provenance_api import Source, pair_sidecars
 from proxy.errors import InvalidRequestError
 from proxy.stages.factory import full_stages
-from proxy.stages.provenance import SIDECAR_MEDIA_TYPE, ProvenanceStage, sidecar_name, sidecars
+from proxy.stages.provenance import SIDECAR_MEDIA_TYPE, ProvenanceStage, sidecars
+from proxy.stores.assets import sidecar_of
 from tests.conftest import TENANT_KEY, make_settings
 from tests.provenance.conftest import make_image, make_info
 
@@ -62,7 +63,7 @@ async def test_stage_in_sidecar_mode_leaves_images_untouched(
         assert report.state == "trusted", report.failures
     decision = next(d for d in exchange.decisions if d.stage == "provenance")
     assert decision.details["mode"] == "sidecar" and "sidecars" in decision.reason
-    assert sidecar_name("img_0123.png") == "img_0123.png.c2pa"
+    assert sidecar_of("0123" * 8 + ".png") == "0123" * 8 + ".png.c2pa"  # where the responder stores it
 
 
 async def test_stage_in_embedded_mode_leaves_no_sidecars(settings: ProvenanceSettings) -> None:
