@@ -161,11 +161,12 @@ def imagegate_assertion(info: ManifestInfo) -> dict[str, Any]:
         "created_at": _timestamp(info.created_at),
     }
     try:
-        # A round trip through JSON: refuses what CBOR could not carry faithfully (sets, bytes,
-        # datetimes inside verdicts) with a clear error instead of a c2pa-rs parse failure.
-        return dict(json.loads(json.dumps(data, allow_nan=False)))
+        # Refuses what JSON (hence CBOR) could not carry faithfully (sets, bytes, datetimes, NaN
+        # inside verdicts) with a clear error instead of a c2pa-rs parse failure.
+        json.dumps(data, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SigningError(f"moderation data cannot go into a manifest: {exc}") from None
+    return data
 
 
 def _action(

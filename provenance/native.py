@@ -24,11 +24,10 @@ after the call that made it.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import io
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import c2pa
@@ -48,6 +47,25 @@ _SYMBOLS = (
 
 #: Given the manifest store's size, the data hash to sign: {"exclusions": [...], "hash": [...]}
 DataHashFor = Callable[[int], dict[str, Any]]
+
+_STORE_FORMAT = MANIFEST_STORE_MEDIA_TYPE.encode("ascii")
+_I64_MAX = 2**63 - 1  # the most c2pa-rs takes from JSON; 9 CBOR bytes, as many as any offset
+#: The hard binding as it goes into the definition: room for one exclusion range of any start
+#: and length, and for a SHA-256 digest (33 small integers encode to 35 CBOR bytes, the 32-byte
+#: digest to 34). c2pa-rs replaces it with the real one, padded to the reserved size. (c2pa-rs's
+#: own placeholder reserves ten exclusion ranges: about 100 bytes more in every manifest.)
+RESERVED_DATA_HASH: dict[str, Any] = {
+    "label": "c2pa.hash.data",
+    "data": {
+        "name": "jumbf manifest",
+        "alg": "sha256",
+        "exclusions": [{"start": _I64_MAX, "length": _I64_MAX}],
+        "hash": [0] * 33,
+        "pad": [],
+    },
+}
+#: Learned store sizes kept at most (then forgotten all at once and learned again).
+_MAX_LEARNED_SIZES = 1024
 
 
 class DataHashedSigning:
@@ -80,6 +98,8 @@ class DataHashedSigning:
         )
         self._error = _bind(library, "c2pa_error", [], pointer)
         self._free = _bind(library, "c2pa_free", [pointer], ctypes.c_int)
+        #: (signature reserve, definition JSON length) -> manifest store size; see `sign`.
+        self._store_sizes: dict[tuple[int, int], int] = {}
 
     @classmethod
     def load(cls) -> DataHashedSigning | None:
@@ -110,35 +130,69 @@ class DataHashedSigning:
         definition: dict[str, Any],
         ingredients: Sequence[PlannedIngredient],
         data_hash_for: DataHashFor,
+        *,
+        exact_size: bool = True,
     ) -> bytes:
         """Sign `definition` (with `ingredients`) over the hash `data_hash_for(store_size)` returns.
 
-        Blocking. The store comes back exactly `store_size` bytes long (c2pa-rs pads it to the
-        size it promised), so the container placed for that size fits. Raises `c2pa.C2paError`.
+        Blocking. With `exact_size` (a store to embed), the store comes back exactly
+        `store_size` bytes long, so the container placed for that size fits; without it (a
+        sidecar, whose hash excludes nothing) the size is whatever c2pa-rs makes it and
+        `data_hash_for` gets 0. Raises `c2pa.C2paError`.
+
+        The definition gets a reserved `c2pa.hash.data` assertion (`RESERVED_DATA_HASH`) that c2pa-rs
+        pads the real one to, so a definition's store size does not depend on the hash or the
+        exclusion it signs. That size is learned per definition length: the first definition of
+        a length is sized by c2pa-rs's placeholder (a whole dummy store), the next ones are
+        signed straight away. If the learned size turns out wrong for this definition (the same
+        JSON length can encode to a different CBOR length), it is signed again with the size it
+        really has: a wrong guess costs time, never a wrong binding.
         """
+        definition = {
+            **definition,
+            "format": MANIFEST_STORE_MEDIA_TYPE,
+            "assertions": [*definition.get("assertions", ()), RESERVED_DATA_HASH],
+        }
         definition_json = json.dumps(definition).encode("utf-8")
-        store_format = MANIFEST_STORE_MEDIA_TYPE.encode("ascii")
+        # Ingredients carry whole manifests of their own: their definitions are not worth learning.
+        key = (reserve_size, len(definition_json)) if exact_size and not ingredients else None
+        size = self._store_sizes.get(key) if key is not None else None
         builder = self._new_builder(context, definition_json)
         try:
             for ingredient in ingredients:
                 self._add(builder, ingredient)
-            placeholder = ctypes.c_void_p()
-            size = self._placeholder(builder, reserve_size, store_format, ctypes.byref(placeholder))
-            self._take(placeholder, size, "the manifest store could not be sized")
-            data_hash = json.dumps(data_hash_for(size)).encode("ascii")
-            store = ctypes.c_void_p()
-            with _signer_handle(signer) as signer_handle:
-                signed_size = self._sign(
-                    builder, signer_handle, data_hash, store_format, None, ctypes.byref(store)
+            if size is None and exact_size:
+                placeholder = ctypes.c_void_p()
+                size = self._placeholder(
+                    builder, reserve_size, _STORE_FORMAT, ctypes.byref(placeholder)
                 )
-            result = self._take(store, signed_size, "signing failed")
+                self._take(placeholder, size, "the manifest store could not be sized")
+            store = self._sign_builder(builder, signer, data_hash_for(size or 0))
+            if exact_size and len(store) != size:
+                size = len(store)  # a learned size that does not fit this definition
+                store = self._sign_builder(builder, signer, data_hash_for(size))
         finally:
             self._free(builder)
-        if len(result) != size:
+        if exact_size and len(store) != size:
             raise c2pa.C2paError(
-                f"Other: the signed manifest store is {len(result)} bytes, {size} were reserved"
+                f"Other: the signed manifest store is {len(store)} bytes, {size} were reserved"
             )
-        return result
+        if key is not None:
+            if len(self._store_sizes) >= _MAX_LEARNED_SIZES:
+                self._store_sizes.clear()
+            self._store_sizes[key] = len(store)
+        return store
+
+    def _sign_builder(self, builder: int, signer: c2pa.Signer, data_hash: dict[str, Any]) -> bytes:
+        """c2pa-rs signs the builder's claim over `data_hash` (callable again on the same builder)."""
+        data_hash_json = json.dumps(data_hash).encode("ascii")
+        store = ctypes.c_void_p()
+        with signer._native_call():  # reserved for a shared call, as Builder.sign does
+            handle = signer._handle
+            if not handle:
+                raise c2pa.C2paError("Other: the signer is closed")
+            size = self._sign(builder, handle, data_hash_json, _STORE_FORMAT, None, ctypes.byref(store))
+        return self._take(store, size, "signing failed")
 
     def _new_builder(self, context: c2pa.Context, definition_json: bytes) -> int:
         empty = self._from_context(context.execution_context)
@@ -180,16 +234,6 @@ class DataHashedSigning:
         finally:
             self._free(message)
         return text or f"Other: {fallback}"
-
-
-@contextlib.contextmanager
-def _signer_handle(signer: c2pa.Signer) -> Iterator[int]:
-    """The native Signer, reserved for a shared call as `Builder.sign` reserves it."""
-    with signer._native_call():
-        handle = signer._handle
-        if not handle:
-            raise c2pa.C2paError("Other: the signer is closed")
-        yield handle
 
 
 def _bind(library: ctypes.CDLL, name: str, argtypes: list[Any], restype: Any) -> Any:

@@ -199,7 +199,10 @@ class ManifestSigner:
         if self._data_hashed is not None:
             if sidecar:  # bound to the untouched image, upstream manifest and all: no exclusion
                 digest = hashlib.sha256(image).digest()
-                return image, self._sign_data_hashed(signer, plan, lambda _: _data_hash([], digest))
+                data_hash = _data_hash([], digest)
+                return image, self._sign_data_hashed(
+                    signer, plan, lambda _: data_hash, exact_size=False
+                )
             # An upstream manifest must be replaced by the new store: c2pa-rs does that.
             slot = None if upstream else find_slot(image, media_type)
             if slot is not None:
@@ -208,7 +211,12 @@ class ManifestSigner:
         return self._sign_with_builder(signer, plan, image, media_type, sidecar=sidecar)
 
     def _sign_data_hashed(
-        self, signer: c2pa.Signer, plan: ManifestPlan, data_hash_for: DataHashFor
+        self,
+        signer: c2pa.Signer,
+        plan: ManifestPlan,
+        data_hash_for: DataHashFor,
+        *,
+        exact_size: bool = True,
     ) -> bytes:
         assert self._data_hashed is not None
         return self._data_hashed.sign(
@@ -218,6 +226,7 @@ class ManifestSigner:
             plan.definition,
             plan.ingredients,
             data_hash_for,
+            exact_size=exact_size,
         )
 
     def _sign_with_builder(

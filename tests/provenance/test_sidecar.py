@@ -73,6 +73,25 @@ def test_sidecar_leaves_the_image_untouched_and_verifies_trusted_with_it(
     assert verify_image(signed.data, media_type, root_pem).state == "none"
 
 
+def test_a_sidecar_is_signed_without_sizing_a_placeholder(
+    settings: ProvenanceSettings, images: dict[str, bytes], root_pem: str
+) -> None:
+    # Its hash excludes nothing, so the store's size binds nothing: c2pa-rs never sizes it first.
+    manifest_signer = signer_for(settings, "sidecar")
+    native = manifest_signer._data_hashed
+    assert native is not None
+    calls: list[tuple[object, ...]] = []
+    placeholder = native._placeholder
+    native._placeholder = lambda *args: calls.append(args) or placeholder(*args)
+    try:
+        signed = manifest_signer.sign(images["image/png"], "image/png", make_info())
+    finally:
+        manifest_signer.close()
+    assert calls == []
+    report = verify_image(signed.data, "image/png", root_pem, manifest_store=signed.manifest_store)
+    assert report.state == "trusted", report.failures
+
+
 @pytest.mark.parametrize("media_type", MEDIA_TYPES)
 def test_sidecar_reports_invalid_when_the_image_is_altered(
     sidecar_signer: ManifestSigner, images: dict[str, bytes], root_pem: str, media_type: str

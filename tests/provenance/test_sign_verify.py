@@ -156,13 +156,6 @@ def test_unsupported_format_is_refused_for_signing(signer: ManifestSigner) -> No
         signer.sign(b"GIF89a" + b"\x00" * 32, "image/gif", make_info())
 
 
-def test_unserialisable_verdicts_are_a_clear_signing_error(
-    signer: ManifestSigner, images: dict[str, bytes]
-) -> None:
-    with pytest.raises(SigningError, match="moderation data"):
-        signer.sign(images["image/png"], "image/png", make_info(verdicts=[{"x": {1, 2}}]))
-
-
 def test_edit_inputs_become_ingredients(
     signer: ManifestSigner, images: dict[str, bytes], root_pem: str
 ) -> None:
@@ -264,3 +257,13 @@ def test_thumbnail_and_verify_after_sign_are_configurable(
         slow_signer.close()
     assert verify_image(signed.data, "image/png", root_pem).state == "trusted"
     assert b"c2pa.thumbnail.claim" in signed.data
+
+
+@pytest.mark.parametrize(
+    "verdict", [{"score": float("nan")}, {"categories": {"nsfw", "gore"}}, {"raw": b"\x00"}]
+)
+def test_unserialisable_verdicts_are_a_clear_signing_error(
+    signer: ManifestSigner, images: dict[str, bytes], verdict: dict[str, object]
+) -> None:
+    with pytest.raises(SigningError, match="moderation data cannot go into a manifest"):
+        signer.sign(images["image/png"], "image/png", make_info(verdicts=[verdict]))
