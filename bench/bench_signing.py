@@ -21,6 +21,7 @@ import argparse
 import ctypes
 import hashlib
 import io
+import itertools
 import json
 import statistics
 import sys
@@ -93,18 +94,26 @@ def median_seconds(func: Callable[[], object], runs: int) -> float:
     return statistics.median(timings)
 
 
-def info() -> ManifestInfo:
+def info(seed: int = 0) -> ManifestInfo:
+    """What the proxy signs for one image; `seed` varies the scores and ids as traffic does.
+
+    Scores are float32 classifier outputs (their JSON length varies), ids have fixed lengths.
+    """
+    rng = np.random.default_rng(seed)
+    letters = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
     return ManifestInfo(
         model="gpt-image-1",
         provider="openai",
         verdicts=[
-            {"stage": "prompt_filter", "action": "allow", "category": None, "score": 0.0},
-            {"stage": "output_classifier", "action": "allow", "category": "nsfw", "score": 0.02},
+            {"stage": "prompt_filter", "action": "allow", "category": None,
+             "score": float(np.float32(rng.random() * 0.1))},
+            {"stage": "output_classifier", "action": "allow", "category": "nsfw",
+             "score": float(np.float32(rng.random() * 0.3))},
         ],
         policy_version="sha256:" + "ab" * 32,
         licence={"model": "gpt-image-1", "decision": "allowed", "rule": "default"},
-        audit_id="01J0000000000000000000000",
-        request_id="req_0123456789abcdef",
+        audit_id="01J" + "".join(rng.choice(list(letters), 23)),
+        request_id="req_" + rng.bytes(8).hex(),
     )
 
 
@@ -127,6 +136,8 @@ def main() -> int:
         builder_signer = ManifestSigner(credentials, settings, data_hashed=False)
     pixels = generated_like_image(args.size)
     manifest_info = info()
+    # Every signature in the timed rounds gets its own scores and ids, as in traffic.
+    varied = itertools.cycle([info(seed) for seed in range(1, 257)])
     path = "data-hashed" if signer.data_hashed_available else "Builder.sign (no data-hashed path)"
     results["path"] = path
 
@@ -141,13 +152,16 @@ def main() -> int:
     )
     print(header)
     print("-" * len(header))
+    native = signer._data_hashed
     for fmt, media_type in FORMATS.items():
         data = encode(pixels, fmt)
+        sized_before = native.placeholders_sized if native else 0
+        relearned_before = native.sizes_relearned if native else 0
         hash_s, sign_s, builder_s = interleaved_medians(
             [
                 lambda d=data: hashlib.sha256(d).digest(),
-                lambda d=data, m=media_type: signer.sign(d, m, manifest_info),
-                lambda d=data, m=media_type: builder_signer.sign(d, m, manifest_info),
+                lambda d=data, m=media_type: signer.sign(d, m, next(varied)),
+                lambda d=data, m=media_type: builder_signer.sign(d, m, next(varied)),
             ],
             args.runs,
         )
@@ -162,6 +176,14 @@ def main() -> int:
             f"{sign_s / hash_s:>6.2f}x {added:>8,} {builder_s * 1e3:>11.3f} "
             f"{builder_s / hash_s:>6.2f}x"
         )
+        if native is not None:
+            sized = native.placeholders_sized - sized_before
+            relearned = native.sizes_relearned - relearned_before
+            results["formats"][fmt].update(placeholders_sized=sized, sizes_relearned=relearned)
+            print(
+                f"         store size: {sized} of {args.runs + 3} signatures sized by c2pa-rs first,"
+                f" {relearned} signed twice (learned size wrong), the rest learned"
+            )
         if args.breakdown:
             breakdown(signer, data, media_type, manifest_info, args.runs, hash_s)
     if args.breakdown:

@@ -3,12 +3,13 @@
 Why: `Builder.sign(signer, format, source, dest)` hands c2pa-rs the image through Python stream
 callbacks (about 1,100 reads, seeks and writes for a 2 MB PNG, each a trip through ctypes and
 the GIL), c2pa-rs hashes it, rewrites the file and writes it back through more callbacks. The
-data-hashed path lets imagegate do the byte work once, in C: c2pa-rs sizes the manifest store
-(`c2pa_builder_data_hashed_placeholder`), imagegate hashes the image with the container excluded
-and inserts it (`provenance.containers`), and c2pa-rs signs the claim over that hash
-(`c2pa_builder_sign_data_hashed_embeddable`, no asset stream). What is signed is the same: the
-same assertions, the same `c2pa.hash.data` hard binding (SHA-256, the manifest's container
-excluded), the same COSE signature by the same Signer.
+data-hashed path lets imagegate do the byte work once, in C: imagegate knows the manifest
+store's size (learned per definition length, else sized by c2pa-rs's
+`c2pa_builder_data_hashed_placeholder`; see `DataHashedSigning.sign`), hashes the image with the
+container excluded and inserts it (`provenance.containers`), and c2pa-rs signs the claim over
+that hash (`c2pa_builder_sign_data_hashed_embeddable`, no asset stream). What is signed is the
+same: the same assertions, the same `c2pa.hash.data` hard binding (SHA-256, the manifest's
+container excluded), the same COSE signature by the same Signer.
 
 This is the only module that reaches past c2pa-python's public API. It calls the library c2pa
 already loaded, with c2pa-python's own `Context` (`execution_context`, public) and `Signer`
@@ -100,6 +101,10 @@ class DataHashedSigning:
         self._free = _bind(library, "c2pa_free", [pointer], ctypes.c_int)
         #: (signature reserve, definition JSON length) -> manifest store size; see `sign`.
         self._store_sizes: dict[tuple[int, int], int] = {}
+        #: How many stores c2pa-rs sized first, and how many learned sizes were wrong (each cost
+        #: a second signature). Diagnostics: counted without a lock, so roughly under threads.
+        self.placeholders_sized = 0
+        self.sizes_relearned = 0
 
     @classmethod
     def load(cls) -> DataHashedSigning | None:
@@ -167,9 +172,11 @@ class DataHashedSigning:
                     builder, reserve_size, _STORE_FORMAT, ctypes.byref(placeholder)
                 )
                 self._take(placeholder, size, "the manifest store could not be sized")
+                self.placeholders_sized += 1
             store = self._sign_builder(builder, signer, data_hash_for(size or 0))
             if exact_size and len(store) != size:
                 size = len(store)  # a learned size that does not fit this definition
+                self.sizes_relearned += 1
                 store = self._sign_builder(builder, signer, data_hash_for(size))
         finally:
             self._free(builder)
