@@ -141,14 +141,17 @@ def plan_manifest(
         "claim_generator_info": [generator],
         "assertions": [
             {"label": "c2pa.actions", "data": {"actions": actions}},
-            {"label": IMAGEGATE_ASSERTION_LABEL, "data": imagegate_assertion(info)},
+            {"label": IMAGEGATE_ASSERTION_LABEL, "data": imagegate_assertion(info, created_at=when)},
         ],
     }
     return ManifestPlan(label=label, definition=definition, ingredients=ingredients)
 
 
-def imagegate_assertion(info: ManifestInfo) -> dict[str, Any]:
-    """The `dev.imagegate.moderation` assertion: decisions, the rules that made them, the audit id."""
+def imagegate_assertion(info: ManifestInfo, *, created_at: str | None = None) -> dict[str, Any]:
+    """The `dev.imagegate.moderation` assertion: decisions, the rules that made them, the audit id.
+
+    `created_at` is `info.created_at` as the manifest writes it, when the caller has it already.
+    """
     data: dict[str, Any] = {
         "version": IMAGEGATE_ASSERTION_VERSION,
         "model": info.model,
@@ -158,7 +161,7 @@ def imagegate_assertion(info: ManifestInfo) -> dict[str, Any]:
         "licence": info.licence,
         "audit_id": info.audit_id,
         "request_id": info.request_id,
-        "created_at": _timestamp(info.created_at),
+        "created_at": created_at or _timestamp(info.created_at),
     }
     try:
         # Refuses what JSON (hence CBOR) could not carry faithfully (sets, bytes, datetimes, NaN
