@@ -44,11 +44,11 @@ from .pipeline import Pipeline, Stage
 from .settings import Settings
 from .stages.authenticate import Authenticate
 from .stages.limits import IdempotentReplay
-from .stages.provenance import publish_sidecar, remember_sidecar_url
+from .stages.provenance import publish_sidecar, remember_sidecar_url, sidecar_links, sidecars
 from .stages.read_request import ReadRequest
 from .stages.skipped import SkippedStage
 from .stages.upstream import Upstream
-from .stores.assets import AssetNotFound, AssetStore, is_sidecar, media_type_of, open_asset_store, sidecar_of
+from .stores.assets import AssetNotFound, AssetStore, is_sidecar, media_type_of, new_name, open_asset_store, sidecar_of
 from .stores.audit import AuditStore, AuditWriteError, open_audit_store
 from .webhooks import WebhookSender, load_or_create_webhook_secret
 
@@ -480,10 +480,23 @@ async def _respond(gateway: Gateway, exchange: Exchange, request: web.Request, s
                     sidecar = await publish_sidecar(exchange, index, gateway.assets, name)
                     if sidecar is not None:
                         remember_sidecar_url(exchange, index, base + gateway.assets.signed_path(sidecar, ttl))
+        elif sidecars(exchange) and surface.links_sidecars(request):
+            # The body has no place for them: stored as assets of their own, named in `Link`.
+            base = base_url(request, gateway.settings.server.public_base_url)
+            ttl = gateway.settings.server.asset_url_ttl_s
+            for index, found in sorted(sidecars(exchange).items()):
+                image = exchange.result.images[index]
+                if not image.withheld:
+                    name = await gateway.assets.put_sidecar(new_name(image.media_type), found.data)
+                    remember_sidecar_url(exchange, index, base + gateway.assets.signed_path(name, ttl))
     if exchange.error is not None:
         response = surface.render_error(exchange.error)
     else:
         response = surface.render_result(exchange, request)
+        if exchange.request is not None and exchange.request.response_format != "url" and surface.links_sidecars(request):
+            links = sidecar_links(exchange)
+            if links:
+                response.headers["Link"] = links
         result = exchange.result
         assert result is not None
         withheld = sum(image.withheld for image in result.images)

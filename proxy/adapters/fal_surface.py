@@ -191,6 +191,9 @@ class FalSurface:
         body = self._output(images, result.metadata.get("seed"), asked.prompt, result.upstream_latency_s)
         return web.json_response(body, headers={"x-fal-request-id": exchange.request_id})
 
+    def links_sidecars(self, request: web.Request) -> bool:
+        return False  # sidecars are named by the image items or served beside the assets
+
     def render_error(self, error: ImagegateError) -> web.Response:
         if isinstance(error, UpstreamStatusError):
             return web.Response(body=error.body, status=error.status, content_type=error.content_type.split(";")[0] or "application/json")

@@ -24,6 +24,11 @@ the SDK sends) or the `?key=` query parameter.
 
 Errors use Google's shape, `{"error": {"code", "message", "status"}}`: a moderation block is
 400 `INVALID_ARGUMENT`, as Imagen reports a refused prompt.
+
+In provenance sidecar/both mode each Imagen prediction also carries its image's C2PA manifest
+store, base64, as `c2paManifestBase64Encoded`; a Gemini answer (whose parts hold nothing else)
+names each image's store in a `Link: <signed URL>; rel="c2pa-manifest"` header, one per image in
+the order of the image parts.
 """
 
 from __future__ import annotations
@@ -37,10 +42,14 @@ from aiohttp import web
 
 from ..errors import ImagegateError, InvalidRequestError, UpstreamStatusError
 from ..exchange import FORMATS, Exchange, GenerationRequest, InputImage, sniff_media_type
+from ..stages.provenance import sidecars
 from .google import ASPECT_RATIOS, b64decode, inline_data
 from .surface import ParseContext, SurfaceRoute, load_json_object, read_limited
 
 PREFIX = "/google"
+#: Beside `bytesBase64Encoded` in an Imagen prediction, in provenance sidecar mode: the image's C2PA
+#: manifest store (`application/c2pa`), base64.
+MANIFEST_FIELD = "c2paManifestBase64Encoded"
 #: The Gemini API's model path, and Vertex AI's in express mode (an API key, no project).
 _MODEL_PATHS = (
     "{version:v1beta|v1|v1alpha}/models/{model:[A-Za-z0-9._-]+}",
@@ -190,10 +199,15 @@ class GoogleSurface:
         assert result is not None
         released = [image for image in result.images if not image.withheld]
         if request.path.endswith(":predict"):
-            predictions = [
-                {"bytesBase64Encoded": base64.b64encode(image.data).decode("ascii"), "mimeType": image.media_type}
-                for image in released
-            ]
+            stores = sidecars(exchange)
+            predictions = []
+            for index, image in enumerate(result.images):
+                if image.withheld:
+                    continue
+                prediction = {"bytesBase64Encoded": base64.b64encode(image.data).decode("ascii"), "mimeType": image.media_type}
+                if index in stores:  # provenance sidecar mode: the manifest store beside the bytes
+                    prediction[MANIFEST_FIELD] = base64.b64encode(stores[index].data).decode("ascii")
+                predictions.append(prediction)
             return web.json_response({"predictions": predictions})
         parts: list[dict[str, Any]] = []
         if result.metadata.get("text"):
@@ -208,6 +222,9 @@ class GoogleSurface:
         if isinstance(result.metadata.get("usage_metadata"), dict):
             body["usageMetadata"] = result.metadata["usage_metadata"]
         return web.json_response(body)
+
+    def links_sidecars(self, request: web.Request) -> bool:
+        return not request.path.endswith(":predict")  # Gemini's parts hold nothing but the image
 
     def render_error(self, error: ImagegateError) -> web.Response:
         if isinstance(error, UpstreamStatusError):

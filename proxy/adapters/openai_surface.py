@@ -213,5 +213,8 @@ class OpenAISurface:
     def render_result(self, exchange: Exchange, request: web.Request) -> web.Response:
         return render_result(exchange)
 
+    def links_sidecars(self, request: web.Request) -> bool:
+        return False  # sidecars are named by the image items or served beside the assets
+
     def render_error(self, error: ImagegateError) -> web.Response:
         return render_error(error)

@@ -96,6 +96,9 @@ class ReplicateSurface:
     def render_result(self, exchange: Exchange, request: web.Request) -> web.Response:
         raise AssertionError("Replicate routes are asynchronous jobs")
 
+    def links_sidecars(self, request: web.Request) -> bool:
+        return False  # sidecars are named by the image items or served beside the assets
+
     def render_error(self, error: ImagegateError) -> web.Response:
         if isinstance(error, UpstreamStatusError):
             return web.Response(body=error.body, status=error.status, content_type=error.content_type.split(";")[0] or "application/json")

@@ -7,7 +7,9 @@ as multipart forms, `Authorization: Bearer <imagegate key>`. The answer follows 
 like Stability's: `image/*` gives the raw image bytes with `finish-reason` and `seed` headers,
 `application/json` gives `{"image": base64, "finish_reason", "seed"}`. Errors come out in
 Stability's shape, `{"id", "name", "errors": [...]}`; a moderation block is a 403 named
-`content_moderation`, as Stability's own.
+`content_moderation`, as Stability's own. In provenance sidecar/both mode the JSON answer also
+carries the image's C2PA manifest store as `c2pa_manifest_b64`, and the raw answer names it in a
+`Link: <signed URL>; rel="c2pa-manifest"` header.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from aiohttp import web
 
 from ..errors import ImagegateError, InvalidRequestError, UnsupportedMediaError, UpstreamStatusError
 from ..exchange import Exchange, GenerationRequest, InputImage, sniff_media_type
+from ..stages.provenance import manifest_fields
 from .stability import EDIT_OPERATIONS, GENERATE_MODELS
 from .surface import (
     ParseContext,
@@ -137,15 +140,22 @@ class StabilitySurface:
         image = next(image for image in result.images if not image.withheld)
         seed = result.metadata.get("seed")
         finish_reason = result.metadata.get("finish_reason") or "SUCCESS"
-        accept = request.headers.get("Accept", "image/*")
-        if "application/json" in accept:
+        if self._json_answer(request):
             body = {"image": base64.b64encode(image.data).decode("ascii"), "finish_reason": finish_reason, "seed": seed}
+            body.update(manifest_fields(exchange, result.images.index(image)))  # sidecar mode
             return web.json_response(body)
         headers = {"finish-reason": _header_token(finish_reason) or "SUCCESS"}
         seed_token = _header_token(seed)
         if seed_token is not None:
             headers["seed"] = seed_token
         return web.Response(body=image.data, content_type=image.media_type, headers=headers)
+
+    def links_sidecars(self, request: web.Request) -> bool:
+        return not self._json_answer(request)  # raw image bytes: the sidecar goes in `Link`
+
+    @staticmethod
+    def _json_answer(request: web.Request) -> bool:
+        return "application/json" in request.headers.get("Accept", "image/*")
 
     def render_error(self, error: ImagegateError) -> web.Response:
         if isinstance(error, UpstreamStatusError):

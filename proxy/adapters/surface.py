@@ -75,6 +75,12 @@ class Surface(Protocol):
 
     def render_error(self, error: ImagegateError) -> web.Response: ...
 
+    def links_sidecars(self, request: web.Request) -> bool:
+        """Whether this answer names its images' C2PA sidecars in `Link` headers (provenance
+        sidecar/both mode): true where the body has no place per image for them (raw image bytes,
+        Gemini's parts); bodies with one carry them inline, URL answers on their assets."""
+        ...
+
 
 @runtime_checkable
 class JobSurface(Surface, Protocol):

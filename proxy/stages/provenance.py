@@ -98,6 +98,15 @@ def manifest_fields(exchange: Exchange, index: int) -> dict[str, str]:
     return {MANIFEST_B64_FIELD: base64.b64encode(sidecar.data).decode("ascii")} if sidecar else {}
 
 
+def sidecar_links(exchange: Exchange) -> str | None:
+    """A `Link` header value naming the stored sidecars (`remember_sidecar_url`), one per image in
+    the order of the images; None without any."""
+    urls = exchange.notes.get(SIDECAR_URLS_NOTE) or {}
+    if not urls:
+        return None
+    return ", ".join(f'<{urls[index]}>; rel="c2pa-manifest"' for index in sorted(urls))
+
+
 def provenance_settings(section: Mapping[str, Any], data_dir: Path, environ: Mapping[str, str] | None = None) -> tuple[ProvenanceSettings, bool]:
     """The signing settings, with PEM secrets from the environment; dev credentials when none.
 
