@@ -131,7 +131,7 @@ def evaluate(prompt_filter: PromptFilter, rows: Iterable[Mapping[str, Any]]) -> 
 def calibrate_paraphrase_threshold(
     safe_scores: Iterable[float], *, max_false_positive_rate: float = 0.0, margin: float = 0.01
 ) -> float:
-    """The lowest similarity threshold that keeps the paraphrase layer's false positives on
+    """The lowest paraphrase-score threshold that keeps the paraphrase layer's false positives on
     harmless prompts (those the lexical layers allow) at or under `max_false_positive_rate`.
 
     `safe_scores` are the paraphrase scores of labelled harmless prompts (0.0 where no unsafe

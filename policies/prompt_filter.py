@@ -66,8 +66,8 @@ _ALWAYS_BLOCKED = "sexual_minors"
 @dataclass(frozen=True, slots=True)
 class PromptReason:
     """Why one category matched: which layer and rule, the matched term as normalised, in which
-    field, with which score (1.0 for lexical layers; for paraphrase, the contrasted similarity
-    score of `policies.paraphrase`)."""
+    field, with which score (1.0 for lexical layers; for paraphrase, the score of
+    `policies.paraphrase`: the trained head's probability that the prompt is not safe)."""
 
     category: str
     layer: str  # "lexicon" | "phrase" | "paraphrase"

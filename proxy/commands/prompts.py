@@ -8,6 +8,12 @@
   prints recall per category and per obfuscation class, the false-positive rate and the minors
   recall. `--split held_out` keeps only rows with `"split": "held_out"` (prompts written after the
   rules were last tuned, to measure them honestly), `--split main` only rows without a split.
+- `imagegate prompts train-head [--output FILE] [--data FILE] [--cv]` retrains the paraphrase
+  layer's classifier head (policies/paraphrase.py) on policies/data/prompt_examples.yaml and
+  prompt_training.yaml, deterministically, and writes policies/data/paraphrase_head.json. Examples
+  that repeat a prompt of the labelled set (by their words, any split; or with cosine similarity
+  of at least 0.9 to a prompt of a split other than held_out_blind) are left out and listed by id
+  in the head; their texts are never printed.
 
 What this module must never do: decide anything itself (it calls `policies.prompt_filter`), or
 write prompts anywhere but the stdout it was asked to write them to.
@@ -25,6 +31,7 @@ from typing import Any, TextIO
 import yaml
 
 from policies.prompt_filter import PromptFilter
+from policies.prompt_normalise import prepare
 from policies.prompt_policy import PromptPolicy
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "prompt_eval.jsonl"
@@ -52,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.add_argument("--show-misses", action="store_true", help="list missed prompts and false positives")
     report.set_defaults(func=run_report)
+
+    train = commands.add_parser("train-head", help="retrain the paraphrase layer's classifier head")
+    train.add_argument("--output", type=Path, default=None, help="where to write the head (default: the shipped one)")
+    train.add_argument("--data", type=Path, default=None,
+                       help=f"labelled set whose prompts are kept out of training (default: {DEFAULT_DATA})")
+    train.add_argument("--cv", action="store_true", help="print 5-fold cross-validation figures first")
+    train.set_defaults(func=run_train_head)
 
 
 def load_policy(path: Path | None) -> PromptPolicy:
@@ -133,7 +147,8 @@ def run_report(args: argparse.Namespace) -> int:
             lexical = PromptFilter(policy)
             safe_rows = [row for row in rows if row["label"] == "safe"
                          and lexical.check_text(row["prompt"]).action.value == "allow"]
-            matches = matcher.scores([row["prompt"] for row in safe_rows])
+            # the text the filter hands the layer: the prompt as normalised, without leet folding
+            matches = matcher.scores([prepare(str(row["prompt"])).plain for row in safe_rows])
             threshold = calibrate_paraphrase_threshold([match.score if match else 0.0 for match in matches])
             print(f"calibrated paraphrase threshold: {threshold:.2f} (over {len(safe_rows)} harmless prompts)")
             policy = policy.model_copy(update={"paraphrase": policy.paraphrase.model_copy(
@@ -180,3 +195,54 @@ def _print_report(report: Any, data: Path, prompt_filter: PromptFilter, split: s
     print("  recall by language:")
     for name, item in summary["recall_by_language"].items():
         print(f"    {name:<16} {item['recall']:.3f}  ({item['detected']}/{item['total']})")
+
+
+#: The split never looked at while building anything: kept out of training word for word only.
+BLIND_SPLIT = "held_out_blind"
+
+
+def run_train_head(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from policies.paraphrase import (HEAD_PATH, MODEL_NAME, ParaphraseUnavailable, cross_validate, evaluation_overlap,
+                                     load_examples, package_encoder, train_head, training_paths)
+
+    try:
+        encode = package_encoder()
+    except ParaphraseUnavailable as error:
+        print(f"imagegate prompts train-head: {error}", file=sys.stderr)
+        return 2
+    cache: dict[str, Any] = {}
+
+    def cached(texts: Any) -> Any:
+        missing = list(dict.fromkeys(text for text in texts if text not in cache))
+        if missing:
+            cache.update(zip(missing, encode(missing)))
+        return np.stack([cache[text] for text in texts])
+
+    paths = training_paths()
+    examples = load_examples(paths)
+    cached([example.text for example in examples])  # one pass, in file order: reproducible batches
+    data = args.data or DEFAULT_DATA
+    excluded: list[str] = []
+    if data.exists():
+        rows = _load_rows(data)
+        similar = [prepare(str(row["prompt"])).plain for row in rows if str(row.get("split") or "main") != BLIND_SPLIT]
+        excluded = evaluation_overlap(cached, examples, repeated=[str(row["prompt"]) for row in rows], similar=similar)
+        print(f"left out {len(excluded)} of {len(examples)} examples that repeat or nearly repeat prompts of {data}")
+    else:
+        print(f"no labelled set at {data}: nothing left out of training", file=sys.stderr)
+    kept = [example for example in examples if example.id not in set(excluded)]
+    if args.cv:
+        vectors = cached([example.text for example in kept]).astype("float64")
+        for name, figures in cross_validate(vectors, kept, paths[0].name).items():
+            print(f"5-fold cross-validation, {name:<17} ROC AUC {figures['auc']:.3f}, recall at 2% false "
+                  f"positives {figures['recall']:.3f}, category accuracy {figures['category_accuracy']:.3f}")
+    head = train_head(cached, paths, model_name=MODEL_NAME, exclude=excluded)
+    output = args.output or HEAD_PATH
+    head.save(output)
+    counts = ", ".join(f"{name} {count}" for name, count in head.counts)
+    print(f"wrote {output}: {MODEL_NAME}, trained on {' + '.join(head.files)} ({counts}), "
+          f"fingerprint {head.fingerprint[:16]}, digest {head.digest[:16]}")
+    print("recalibrate the threshold: imagegate prompts report --split main --calibrate")
+    return 0

