@@ -138,21 +138,32 @@ async def _audited(request: web.Request, caller: Caller, response: web.Response,
     return response
 
 
+def _known_parameters(request: web.Request, names: tuple[str, ...]) -> None:
+    """Refuse a query parameter the route does not take: a typo (`?modle=`) must not silently
+    widen what a compliance officer reads."""
+    for name in request.query:
+        if name not in names:
+            raise InvalidRequestError(
+                f"Unknown query parameter {name[:64]!r}; this route takes {', '.join(names)}.", param=name[:64]
+            )
+
+
 def _filters(request: web.Request, names: tuple[str, ...]) -> dict[str, str]:
     return {name: request.query[name][:256] for name in names if request.query.get(name)}
 
 
 async def list_records(request: web.Request) -> web.Response:
     caller = require_admin(request)
+    _known_parameters(request, _RECORD_FILTERS)
     q = request.query
     if q.get("tenant") and q["tenant"] != caller.tenant:
         raise PermissionDeniedError("An admin key reads only its own tenant's audit records.", param="tenant")
     order = q.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequestError("order must be asc or desc.", param="order")
-    cursor = q.get("cursor", "")
+    cursor = q.get("cursor")
     after_seq, before_seq = 0, None
-    if cursor:
+    if cursor is not None:
         if not re.fullmatch(r"[ad]\d{1,18}", cursor) or cursor[0] != order[0]:
             raise InvalidRequestError("Invalid cursor: pass back next_cursor unchanged, with the same order.", param="cursor")
         if order == "asc":
@@ -240,6 +251,7 @@ def _public_item(item: dict[str, Any]) -> dict[str, Any]:
 
 async def list_review_items(request: web.Request) -> web.Response:
     caller = require_admin(request)
+    _known_parameters(request, _REVIEW_FILTERS)
     status = request.query.get("status", "pending")
     if status not in ("pending", "approved", "rejected", "all"):
         raise InvalidRequestError("status must be pending, approved, rejected or all.", param="status")

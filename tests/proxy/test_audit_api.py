@@ -107,6 +107,12 @@ async def test_records_are_for_admin_keys_only_with_filters_and_cursor(tmp_path:
         assert len(recent["data"]) == 6
         assert (await get(session, f"{base}/audit/records?since=yesterday"))[0] == 400
         assert (await get(session, f"{base}/audit/records?cursor=zzz"))[0] == 400
+        assert (await get(session, f"{base}/audit/records?cursor="))[0] == 400
+        # A misspelt filter would widen the read silently: refused, naming the parameter.
+        status, body = await get(session, f"{base}/audit/records?modle=demo")
+        assert status == 400 and body["error"]["param"] == "modle" and "model" in body["error"]["message"]
+        status, body = await get(session, f"{base}/review/items?stauts=all")
+        assert status == 400 and body["error"]["param"] == "stauts"
 
         status, record = await get(session, f"{base}/audit/records/{made[0]['audit_id']}")
         assert status == 200 and record["prompt"] == "a calm lake 0" and record["chain"]["seq"] == 1
