@@ -36,15 +36,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from yarl import URL
 
 from proxy import webhooks
-from proxy.app import GATEWAY, StageDeps, create_app
-from proxy.pipeline import Stage
+from proxy.app import GATEWAY, create_app
 from proxy.settings import Settings
-from proxy.stages.factory import full_stages
 from provenance import verify_image
 from tests.conftest import OTHER_TENANT_KEY, TENANT_KEY
 from tests.fakes.fal import FakeFal
 from tests.fakes.openai_upstream import make_image
-from tests.fakes.provider_harness import Counters, count_audits, only_loopback, provider_settings, serve
+from tests.fakes.provider_harness import Counters, count_audits, counting_full_stages, only_loopback, provider_settings, serve
 
 DEV = "fal-ai/flux/dev"
 SCHNELL = "fal-ai/flux/schnell"
@@ -96,26 +94,6 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 # -- the gateway -----------------------------------------------------------------------------------
 
 
-def counting(calls: Counter[str]):
-    """`full_stages`, counting every classification and signing pass (an exchange with a result)."""
-
-    def stages(settings: Settings, deps: StageDeps) -> list[Stage]:
-        chain = list(full_stages(settings, deps))
-        for stage in chain:
-            if stage.name in ("output_classifier", "provenance"):
-                original = stage.on_response
-
-                async def counted(exchange: Any, _original: Any = original, _name: str = stage.name) -> None:
-                    if exchange.result is not None and not exchange.stopped:
-                        calls[_name] += 1
-                    await _original(exchange)
-
-                stage.on_response = counted  # type: ignore[method-assign]
-        return chain
-
-    return stages
-
-
 async def start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: dict[str, Any], acme: dict[str, Any] | None = None
 ) -> AsyncIterator[dict[str, Any]]:
@@ -128,7 +106,7 @@ async def start(
     data["tenants"]["acme"].update(licence_profile={"commercial_use": False}, **(acme or {}))
     settings = Settings.model_validate(data)
     counters, calls = Counters(), Counter[str]()
-    app = create_app(settings, stages=counting(calls))
+    app = create_app(settings, stages=counting_full_stages(calls))
     app[GATEWAY].jobs.webhooks = webhooks.WebhookSender(policy=only_loopback, backoff_s=0.01)  # loopback admitted explicitly
     count_audits(app, counters)
     server = TestServer(app, host="127.0.0.1")

@@ -21,16 +21,14 @@ from aiohttp.test_utils import TestServer
 from google import genai
 from google.genai import errors, types
 
-from proxy.app import StageDeps, create_app
-from proxy.pipeline import Stage
+from proxy.app import create_app
 from proxy.settings import Settings
-from proxy.stages.factory import full_stages
 from provenance import verify_image
 from tests.classifiers.conftest import TINY_ARCHITECTURE, TinyModels, tiny_models  # noqa: F401  (fixture)
 from tests.conftest import OTHER_TENANT_KEY, TENANT_KEY
 from tests.fakes.google import FakeGoogle
 from tests.fakes.openai_upstream import make_image
-from tests.fakes.provider_harness import Counters, count_audits, provider_settings, serve
+from tests.fakes.provider_harness import Counters, count_audits, counting_full_stages, provider_settings, serve
 
 IMAGEN = "imagen-4.0-generate-001"
 GEMINI = "gemini-2.5-flash-image"
@@ -53,26 +51,6 @@ def blocking_classifier(models: TinyModels) -> dict[str, Any]:
     }
 
 
-def counting(calls: Counter[str]):
-    """`full_stages`, counting every classification and signing pass (an exchange with a result)."""
-
-    def stages(settings: Settings, deps: StageDeps) -> list[Stage]:
-        chain = list(full_stages(settings, deps))
-        for stage in chain:
-            if stage.name in ("output_classifier", "provenance"):
-                original = stage.on_response
-
-                async def counted(exchange: Any, _original: Any = original, _name: str = stage.name) -> None:
-                    if exchange.result is not None and not exchange.stopped:
-                        calls[_name] += 1
-                    await _original(exchange)
-
-                stage.on_response = counted  # type: ignore[method-assign]
-        return chain
-
-    return stages
-
-
 async def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> AsyncIterator[dict[str, Any]]:
     fake = FakeGoogle()
     monkeypatch.setenv("IMAGEGATE_TEST_PROVIDER_KEY", fake.key)
@@ -81,7 +59,7 @@ async def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: An
     if overrides:
         settings = Settings.model_validate({**settings.model_dump(mode="json"), **overrides})
     counters, calls = Counters(), Counter[str]()
-    app = create_app(settings, stages=counting(calls))
+    app = create_app(settings, stages=counting_full_stages(calls))
     count_audits(app, counters)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()

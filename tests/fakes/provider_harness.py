@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,28 @@ def counting_stages(counters: Counters, block_prompts: bool = False):
                 chain.append(BlockPromptsSaying("forbidden"))
             else:
                 chain.append(stage)
+        return chain
+
+    return stages
+
+
+def counting_full_stages(calls: Counter[str]):
+    """`full_stages` (the production chain), counting every classification and signing pass (an
+    exchange with a result) in `calls`, by stage name."""
+    from proxy.stages.factory import full_stages
+
+    def stages(settings: Settings, deps: StageDeps) -> list[Stage]:
+        chain = list(full_stages(settings, deps))
+        for stage in chain:
+            if stage.name in ("output_classifier", "provenance"):
+                original = stage.on_response
+
+                async def counted(exchange: Any, _original: Any = original, _name: str = stage.name) -> None:
+                    if exchange.result is not None and not exchange.stopped:
+                        calls[_name] += 1
+                    await _original(exchange)
+
+                stage.on_response = counted  # type: ignore[method-assign]
         return chain
 
     return stages
