@@ -37,6 +37,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.soak_upstream import generated_like
 from provenance import (
     ManifestInfo,
     ManifestSigner,
@@ -46,17 +47,6 @@ from provenance import (
 )
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-
-
-def generated_like_image(size: int) -> np.ndarray:
-    """Smooth shapes plus mild noise: compresses like a generated image, unlike pure noise."""
-    rng = np.random.default_rng(42)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    red = 127 + 120 * np.sin(6 * x + 2 * y)
-    green = 127 + 120 * np.cos(5 * y - 3 * x * y)
-    blue = 127 + 120 * np.sin(9 * x * y + 1)
-    pixels = np.stack([red, green, blue], axis=-1) + rng.normal(0, 6, (size, size, 3))
-    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 def encode(pixels: np.ndarray, fmt: str) -> bytes:
@@ -135,7 +125,7 @@ def main() -> int:
         credentials = load_signing_credentials(settings)
         signer = ManifestSigner(credentials, settings)
         builder_signer = ManifestSigner(credentials, settings, data_hashed=False)
-    pixels = generated_like_image(args.size)
+    pixels = generated_like(args.size, args.size, seed=0)  # the soak's generated-like image
     manifest_info = info()
     # Every signature in the timed rounds gets its own scores and ids, as in traffic.
     varied = itertools.cycle([info(seed) for seed in range(1, 257)])
