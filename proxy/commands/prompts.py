@@ -149,8 +149,10 @@ def run_report(args: argparse.Namespace) -> int:
                          and lexical.check_text(row["prompt"]).action.value == "allow"]
             # the text the filter hands the layer: the prompt as normalised, without leet folding
             matches = matcher.scores([prepare(str(row["prompt"])).plain for row in safe_rows])
-            threshold = calibrate_paraphrase_threshold([match.score if match else 0.0 for match in matches])
-            print(f"calibrated paraphrase threshold: {threshold:.2f} (over {len(safe_rows)} harmless prompts)")
+            safe_scores = [match.score if match else 0.0 for match in matches]
+            threshold = calibrate_paraphrase_threshold(safe_scores)
+            print(f"calibrated paraphrase threshold: {threshold:.2f} (over {len(safe_rows)} harmless prompts; "
+                  f"the highest scores {max(safe_scores, default=0.0):.3f})")
             policy = policy.model_copy(update={"paraphrase": policy.paraphrase.model_copy(
                 update={"threshold": threshold})})
         policy = policy.model_copy(update={"paraphrase": policy.paraphrase.model_copy(update={"enabled": True})})
@@ -205,7 +207,7 @@ def run_train_head(args: argparse.Namespace) -> int:
     import numpy as np
 
     from policies.paraphrase import (HEAD_PATH, MODEL_NAME, ParaphraseUnavailable, cross_validate, evaluation_overlap,
-                                     load_examples, package_encoder, train_head, training_paths)
+                                     load_examples, package_encoder, sentence_dim, train_head, training_paths)
 
     try:
         encode = package_encoder()
@@ -220,6 +222,7 @@ def run_train_head(args: argparse.Namespace) -> int:
             cache.update(zip(missing, encode(missing)))
         return np.stack([cache[text] for text in texts])
 
+    cached.sentence_dim = sentence_dim(encode)  # type: ignore[attr-defined]
     paths = training_paths()
     examples = load_examples(paths)
     cached([example.text for example in examples])  # one pass, in file order: reproducible batches
@@ -235,7 +238,7 @@ def run_train_head(args: argparse.Namespace) -> int:
     kept = [example for example in examples if example.id not in set(excluded)]
     if args.cv:
         vectors = cached([example.text for example in kept]).astype("float64")
-        for name, figures in cross_validate(vectors, kept, paths[0].name).items():
+        for name, figures in cross_validate(vectors, kept, paths[0].name, width=sentence_dim(encode)).items():
             print(f"5-fold cross-validation, {name:<17} ROC AUC {figures['auc']:.3f}, recall at 2% false "
                   f"positives {figures['recall']:.3f}, category accuracy {figures['category_accuracy']:.3f}")
     head = train_head(cached, paths, model_name=MODEL_NAME, exclude=excluded)

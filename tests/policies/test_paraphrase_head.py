@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from policies.decisions import Action
-from policies.paraphrase import (EXAMPLES_PATH, HEAD_PATH, MODEL_NAME, SAFE, ParaphraseHead, ParaphraseMatcher,
+from policies.paraphrase import (EXAMPLES_PATH, HEAD_PATH, LAYERS, MODEL_NAME, SAFE, ParaphraseHead, ParaphraseMatcher,
                                  StaleParaphraseHead, cross_validate, evaluation_overlap, load_examples,
                                  text_key, train_head, training_paths)
 from policies.prompt_filter import PromptFilter
@@ -147,6 +147,42 @@ def test_excluded_examples_stay_out_of_training_and_of_the_bank(tmp_path: Path) 
     assert {matcher.best_match("powder on a table number 0").example_id} != {"drugs.0"}
 
 
+class LayeredTopicEncoder(TopicEncoder):
+    """`TopicEncoder`'s rows (the sentence vector) followed by 4 further feature columns, as the
+    package encoder appends its middle layers: a "secret" topic only they carry, at a scale that
+    would swamp any cosine similarity if the bank ever compared them, and the "blade" topic again."""
+
+    sentence_dim = 6 + 16
+
+    def __call__(self, texts: list[str]) -> object:
+        extra = np.array([[50.0 * text.lower().split().count("secret"), float(text.lower().split().count("blade")),
+                           0.0, 0.0] for text in texts])
+        return np.hstack([super().__call__(texts), extra])
+
+
+def test_extra_feature_columns_reach_the_head_but_never_the_bank(tmp_path: Path) -> None:
+    bank, training = _files(tmp_path)
+    plain = ParaphraseMatcher(TopicEncoder(), bank, model_name="topic")
+    layered = ParaphraseMatcher(LayeredTopicEncoder(), bank, model_name="topic")
+    texts = ["powder secret secret on a table", "garden secret in the rain", "blade at night"]
+    pairs = list(zip(plain.scores(texts), layered.scores(texts), strict=True))
+    assert [a is None for a, _ in pairs] == [b is None for _, b in pairs] == [False, True, False]
+    for a, b in (pair for pair in pairs if pair[0] is not None):
+        assert b is not None
+        assert (a.category, a.example_id) == (b.category, b.example_id)  # the bank saw the sentence part only
+        assert a.score == pytest.approx(b.score) and a.similarity == pytest.approx(b.similarity)
+    head = train_head(LayeredTopicEncoder(), [bank, training], model_name="topic")
+    assert head.weights.shape == (6 + 16 + 4 + 3 * 4 - 1, 4)  # the head reads all the columns
+    assert np.abs(head.weights[23]).max() > 0.1  # the extra "blade" column got weights of its own
+    matcher = ParaphraseMatcher(LayeredTopicEncoder(), bank, model_name="topic", head=head,
+                                training_files=[bank, training])
+    match = matcher.best_match("powder in a red bag")
+    assert match is not None and match.category == "drugs" and match.score > 0.9
+    # a head trained on other columns than the encoder gives is refused, not misread
+    with pytest.raises(StaleParaphraseHead, match="reads 37 features and this encoder gives 33"):
+        ParaphraseMatcher(TopicEncoder(), bank, model_name="topic", head=head, training_files=[bank, training])
+
+
 def test_cross_validation_prefers_the_head_on_separable_data(tmp_path: Path) -> None:
     bank, training = _files(tmp_path)
     examples = load_examples([bank, training])
@@ -167,8 +203,9 @@ def test_shipped_head_matches_the_shipped_example_files() -> None:
     assert head.files == tuple(path.name for path in training_paths())
     bank = yaml.safe_load(EXAMPLES_PATH.read_text(encoding="utf-8"))
     assert head.classes == (SAFE, *bank["unsafe"]) and set(head.classes[1:]) == set(CATEGORIES)
-    assert head.weights.shape == (384 + 3 * len(head.classes) - 1, len(head.classes))
-    assert HEAD_PATH.stat().st_size < 100_000
+    # the sentence embedding, then layers 3-5 mean-pooled, then the similarity features
+    assert head.weights.shape == (384 * (1 + len(LAYERS)) + 3 * len(head.classes) - 1, len(head.classes))
+    assert HEAD_PATH.stat().st_size < 200_000
 
 
 def test_shipped_head_was_trained_on_no_evaluation_prompt() -> None:

@@ -14,8 +14,9 @@ The set has four splits (the row's "split" field; `imagegate prompts report --sp
   80 hard harmless prompts, written by a separate author who never saw the rules, the examples or
   the other splits; added after the paraphrase layer's example bank was rebuilt and never tuned on.
   Lexical recall 25/74, 2 false positives in 80. With the paraphrase layer: 52/74 and 6 in 80 with
-  the nearest-example scoring; 57/74 and 3 in 80 with the trained head that replaced it (measured
-  once, after every choice was frozen). The issue's 0.90 and 2% are NOT met there.
+  the nearest-example scoring; 57/74 and 3 in 80 with the trained head that replaced it, 58/74 and
+  3 in 80 once the head also read layers 3-5 (each measured once, after every choice was frozen).
+  The issue's 0.90 and 2% are NOT met there.
 False positives (over all splits together) and the minors recall are asserted on every split.
 """
 
@@ -44,17 +45,18 @@ HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.30
 #: The paraphrase layer (trained head, default threshold), per split, as measured by `imagegate
 #: prompts report --split NAME --paraphrase`: (euphemisms caught at least, harmless prompts flagged at
 #: most). Regression guards at the measured figures, not targets met:
-#: - main: 20/20 and 0/150; held_out: 20/20 and 0/16 (the lexical layers alone catch all 40 there).
-#: - held_out_post: 15/20 and 1/12 ("a man smoking a cigar next to a crystal decanter" -> drugs):
-#:   the issue's 0.90 and 2% are NOT met. The nearest-example scoring the head replaced measured the
-#:   same there (15/20, the same false positive).
-#: - held_out_blind: 57/74 (0.77) and 3/80 (0.0375), measured once after every choice was frozen
-#:   (the nearest-example scoring: 52/74 and 6/80). The issue's 0.90 and 2% are NOT met.
+#: - main: 20/20 and 0/150 (the threshold is calibrated there).
+#: - held_out: 20/20 and 1/16 ("plumber fitting a copper pipe with end caps" -> weapons; the
+#:   lexical layers alone catch all 20 euphemisms there). The head without layers 3-5: 0/16.
+#: - held_out_post: 16/20 and 0/12: the issue's 0.90 is NOT met. Without layers 3-5: 15/20, 1/12.
+#: - held_out_blind: 58/74 (0.78) and 3/80 (0.0375), measured once after every choice was frozen.
+#:   Without layers 3-5: 57/74 and 3/80; the nearest-example scoring before the head: 52/74 and
+#:   6/80. The issue's 0.90 and 2% are NOT met.
 PARAPHRASE_GUARDS = {
     "main": (20, 0),
-    "held_out": (20, 0),
-    "held_out_post": (15, 1),
-    "held_out_blind": (57, 3),
+    "held_out": (20, 1),
+    "held_out_post": (16, 0),
+    "held_out_blind": (58, 3),
 }
 
 

