@@ -63,6 +63,7 @@ class RecordingClassifier:
     def __init__(self, inner: ImageClassifier) -> None:
         self.inner = inner
         self.batches: list[list[bytes]] = []
+        self.compute_seconds = 0.0  # embedding and scoring of prepared batches (worker thread)
 
     def classify_outcomes(self, images: Sequence[bytes]) -> list[ImageVerdict | ImageDecodeError]:
         self.batches.append(list(images))
@@ -76,7 +77,11 @@ class RecordingClassifier:
         self, prepared: Sequence[tuple[bytes, torch.Tensor | ImageDecodeError]]
     ) -> list[ImageVerdict | ImageDecodeError]:
         self.batches.append([image for image, _ in prepared])
-        return self.inner.classify_prepared([tensor for _, tensor in prepared])
+        started = time.perf_counter()
+        try:
+            return self.inner.classify_prepared([tensor for _, tensor in prepared])
+        finally:
+            self.compute_seconds += time.perf_counter() - started
 
 
 @dataclass
@@ -86,6 +91,9 @@ class RunnerResult:
     seconds: float
     batches: list[list[bytes]]
     lag_ms: list[float]
+    #: Worker-thread time (waiting for prepared images, then computing) and its computing part.
+    busy_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -117,6 +125,8 @@ async def run_runner(
     await runner.start()
     await runner.classify(images[0])  # warm the worker thread
     recording.batches.clear()
+    recording.compute_seconds = 0.0
+    busy_before = runner.busy_seconds
     queue = list(reversed(images))
     lags: list[float] = []
     stop = asyncio.Event()
@@ -132,7 +142,8 @@ async def run_runner(
     stop.set()
     await tick
     await runner.close()
-    return RunnerResult(concurrency, len(images), seconds, recording.batches, lags)
+    return RunnerResult(concurrency, len(images), seconds, recording.batches, lags,
+                        runner.busy_seconds - busy_before, recording.compute_seconds)
 
 
 def bare_encode_seconds(classifier: ImageClassifier, batches: list[list[bytes]]) -> float:
@@ -152,6 +163,19 @@ def direct_batch_seconds(classifier: ImageClassifier, batches: list[list[bytes]]
     for batch in batches:
         classifier.classify_batch(batch)
     return time.perf_counter() - started
+
+
+def time_split(result: RunnerResult, bare_seconds: float) -> dict[str, float]:
+    """Where the runner's wall time went, per batch: computing (against the bare loop on the same
+    batches), the worker waiting for images still being decoded, and the time between batches
+    (collecting the next batch, up to `max_wait_ms`, and handing results back to the callers)."""
+    count = max(1, len(result.batches))
+    return {
+        "compute": result.compute_seconds / count * 1000.0,
+        "bare": bare_seconds / count * 1000.0,
+        "decode_wait": (result.busy_seconds - result.compute_seconds) / count * 1000.0,
+        "between": (result.seconds - result.busy_seconds) / count * 1000.0,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -203,6 +227,7 @@ def main() -> None:
     single_rates: list[float] = []
     runner_single: list[RunnerResult] = []
     scenario: dict[int, list[tuple[float, float, float, RunnerResult]]] = {c: [] for c in args.concurrency}
+    split: dict[int, list[dict[str, float]]] = {c: [] for c in args.concurrency}
     for _ in range(args.rounds):
         started = time.perf_counter()
         for data in images[: args.single]:
@@ -218,6 +243,7 @@ def main() -> None:
             bare = bare_encode_seconds(classifier, result.batches)
             direct = direct_batch_seconds(classifier, result.batches)
             scenario[concurrency].append((result.rate, result.images / bare, result.images / direct, result))
+            split[concurrency].append(time_split(result, bare))
 
     def per_round(numerators: list[float], denominators: list[float]) -> str:
         ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
@@ -260,6 +286,7 @@ def main() -> None:
             "mean_batch": statistics.mean(sizes),
             "lag_p50_ms": percentile(lags, 50),
             "lag_p99_ms": percentile(lags, 99),
+            "per_batch_ms": {key: statistics.median(s[key] for s in split[concurrency]) for key in split[concurrency][0]},
         }
         rows.append(
             (
@@ -276,6 +303,14 @@ def main() -> None:
             (
                 "    same batches, classify_batch direct (no runner)",
                 f"{summarise(direct_rates)} img/s   runner/direct {per_round(runner_rates, direct_rates)}",
+            )
+        )
+        per_batch = figures["scenarios"][str(concurrency)]["per_batch_ms"]
+        rows.append(
+            (
+                "    per batch: runner's compute (bare loop's), decode wait, gap",
+                f"{per_batch['compute']:.0f} ms ({per_batch['bare']:.0f} ms), {per_batch['decode_wait']:.0f} ms, "
+                f"{per_batch['between']:.0f} ms (medians over rounds)",
             )
         )
         rows.append(
