@@ -112,6 +112,14 @@ def prompt_filter_metrics(data: dict[str, Any]) -> list[Metric]:
     return rows
 
 
+def _per_batch_note(split: dict[str, float] | None) -> str:
+    """Where the runner's time per batch went (bench_classifier's `per_batch_ms`), if recorded."""
+    if not split:
+        return ""
+    return (f"per batch: compute {split['compute']:.0f} ms (bare {split['bare']:.0f} ms), "
+            f"decode wait {split['decode_wait']:.0f} ms, between batches {split['between']:.0f} ms")
+
+
 def classifier_metrics(data: dict[str, Any]) -> list[Metric]:
     single = data["single_img_s"]
     rows = [Metric("classifier", "one at a time (unbatched)", single, "img/s", note=data["model"])]
@@ -122,7 +130,7 @@ def classifier_metrics(data: dict[str, Any]) -> list[Metric]:
                            note=f"mean batch {figures['mean_batch']:.1f}"))
         rows.append(Metric("classifier", f"{label}: vs bare encode_image", figures["runner_img_s"], "img/s",
                            figures["bare_img_s"], "bare model.encode_image loop, same batches",
-                           "classifier_runner_vs_bare"))
+                           "classifier_runner_vs_bare", note=_per_batch_note(figures.get("per_batch_ms"))))
         rows.append(Metric("classifier", f"{label}: event-loop lag p99", figures["lag_p99_ms"], "ms",
                            target_key="classifier_loop_lag_p99"))
     return rows
