@@ -214,12 +214,15 @@ async def test_two_phase_runner_matches_classify_batch_and_closes_while_preparin
     for got, want in zip(results, expected, strict=True):
         assert_same_verdict(got, want)
 
-    probe = PipelineProbe(max_ahead_wait=0.2)  # the first batch waits, then the runner is closed
+    probe = PipelineProbe()  # the first batch waits for `release`, set only once close() has begun
     runner = BatchingRunner(probe, max_batch=1, max_wait_ms=0)
     await runner.start()
     waiting = [asyncio.create_task(runner.classify(image)) for image in (b"first", b"second", b"third")]
     await wait_for(lambda: runner.in_batch == 1)
-    await asyncio.wait_for(runner.close(), 5)
+    closing = asyncio.create_task(runner.close())
+    await asyncio.sleep(0)  # close() has cancelled the collector: the batch's result can no longer land
+    probe.release.set()
+    await asyncio.wait_for(closing, 5)
     for task in waiting:
         with pytest.raises(ClassifierClosedError):
             await task
