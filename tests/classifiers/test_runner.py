@@ -27,6 +27,15 @@ class CountingClassifier:
         return self.inner.classify_outcomes(images)
 
 
+async def classify_all(runner: BatchingRunner, images: Sequence[bytes]) -> list[ImageVerdict]:
+    """Start `runner`, classify `images` concurrently, close it whatever happened."""
+    await runner.start()
+    try:
+        return await asyncio.gather(*(runner.classify(image) for image in images))
+    finally:
+        await runner.close()
+
+
 def assert_same_verdict(a: ImageVerdict, b: ImageVerdict) -> None:
     assert a.action == b.action and a.category == b.category and a.fired == b.fired
     assert a.scores.keys() == b.scores.keys()
@@ -40,11 +49,7 @@ async def test_concurrent_calls_share_batches_and_match_one_at_a_time(tiny_class
     expected = [tiny_classifier.classify_batch([image])[0] for image in images]
     counting = CountingClassifier(tiny_classifier)
     runner = BatchingRunner(counting, max_batch=8, max_wait_ms=50)
-    await runner.start()
-    try:
-        results = await asyncio.gather(*(runner.classify(image) for image in images))
-    finally:
-        await runner.close()
+    results = await classify_all(runner, images)
     assert sum(counting.batch_sizes) == len(images)
     assert len(counting.batch_sizes) < len(images)
     assert max(counting.batch_sizes) <= 8
@@ -205,11 +210,7 @@ async def test_two_phase_runner_matches_classify_batch_and_closes_while_preparin
     images = [encode(colour_image(label, seed)) for seed in range(3) for label in ("violence", "drugs", "safe")]
     expected = [tiny_classifier.classify_batch([image])[0] for image in images]
     runner = BatchingRunner(tiny_classifier, max_batch=4, max_wait_ms=20)
-    await runner.start()
-    try:
-        results = await asyncio.gather(*(runner.classify(image) for image in images))
-    finally:
-        await runner.close()
+    results = await classify_all(runner, images)
     assert runner.batches_run < len(images) and runner.images_run == len(images)
     for got, want in zip(results, expected, strict=True):
         assert_same_verdict(got, want)
@@ -241,11 +242,6 @@ async def test_decode_threads_prepare_images_in_parallel() -> None:
     probe.release.set()
     with pytest.raises(ValueError, match="decode_threads"):
         BatchingRunner(probe, decode_threads=0)
-    runner = BatchingRunner(probe, max_batch=4, max_wait_ms=50, decode_threads=3)
-    await runner.start()
-    try:
-        results = await asyncio.gather(*(runner.classify(image) for image in (b"a", b"b", b"c")))
-    finally:
-        await runner.close()
+    results = await classify_all(BatchingRunner(probe, max_batch=4, max_wait_ms=50, decode_threads=3), [b"a", b"b", b"c"])
     assert [verdict.model for verdict in results] == ["A", "B", "C"]
     assert len({thread for _, thread in probe.prepared}) == 3
