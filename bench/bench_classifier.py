@@ -178,6 +178,11 @@ def time_split(result: RunnerResult, bare_seconds: float) -> dict[str, float]:
     }
 
 
+def per_batch_medians(splits: list[dict[str, float]]) -> dict[str, float]:
+    """Each `time_split` figure's median over the rounds."""
+    return {key: statistics.median(split[key] for split in splits) for key in splits[0]}
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -227,7 +232,6 @@ def main() -> None:
     single_rates: list[float] = []
     runner_single: list[RunnerResult] = []
     scenario: dict[int, list[tuple[float, float, float, RunnerResult]]] = {c: [] for c in args.concurrency}
-    split: dict[int, list[dict[str, float]]] = {c: [] for c in args.concurrency}
     for _ in range(args.rounds):
         started = time.perf_counter()
         for data in images[: args.single]:
@@ -243,7 +247,6 @@ def main() -> None:
             bare = bare_encode_seconds(classifier, result.batches)
             direct = direct_batch_seconds(classifier, result.batches)
             scenario[concurrency].append((result.rate, result.images / bare, result.images / direct, result))
-            split[concurrency].append(time_split(result, bare))
 
     def per_round(numerators: list[float], denominators: list[float]) -> str:
         ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
@@ -286,7 +289,7 @@ def main() -> None:
             "mean_batch": statistics.mean(sizes),
             "lag_p50_ms": percentile(lags, 50),
             "lag_p99_ms": percentile(lags, 99),
-            "per_batch_ms": {key: statistics.median(s[key] for s in split[concurrency]) for key in split[concurrency][0]},
+            "per_batch_ms": per_batch_medians([time_split(r[3], r[3].images / r[1]) for r in results]),
         }
         rows.append(
             (
