@@ -3,7 +3,8 @@
 The public API, all blocking (the proxy runs it in worker threads):
 
 - `ProvenanceSettings`: configuration (pydantic).
-- `ensure_dev_credentials(directory)`, `load_signing_credentials(settings)`: keys and chains.
+- `ensure_dev_credentials(directory, algorithm)` (`DEV_ALGORITHMS`: es256, ed25519),
+  `load_signing_credentials(settings)`: keys and chains.
 - `ManifestSigner(credentials, settings).sign(image, media_type, info) -> SignedImage`: the
   manifest store embedded in the image, beside it as a sidecar, or both (`settings.mode`).
 - `verify_image(data, media_type=None, trust_anchors_pem=None, manifest_store=None)
@@ -14,7 +15,7 @@ The public API, all blocking (the proxy runs it in worker threads):
 Never imports `proxy`.
 """
 
-from provenance.dev_credentials import DevCredentials, ensure_dev_credentials
+from provenance.dev_credentials import DEV_ALGORITHMS, DevCredentials, ensure_dev_credentials
 from provenance.errors import (
     CredentialError,
     ProvenanceError,
@@ -34,6 +35,7 @@ from provenance.sign import ManifestSigner, SignedImage
 from provenance.verify import VerificationReport, verify_image
 
 __all__ = [
+    "DEV_ALGORITHMS",
     "IMAGEGATE_ASSERTION_LABEL",
     "TRAINED_ALGORITHMIC_MEDIA",
     "CredentialError",

@@ -1,4 +1,4 @@
-"""Development signing credentials: a dev root CA and an ES256 signing certificate for C2PA.
+"""Development signing credentials: a dev root CA and an ES256 (or Ed25519) signing certificate.
 
 `ensure_dev_credentials(directory)` creates them once (and renews the signing certificate under the
 same root when it is broken or about to expire), so that `imagegate serve` works with no config and
@@ -9,14 +9,16 @@ never weaken a check of `provenance.keys`, and never touch the network.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -34,6 +36,12 @@ DEV_ORGANISATION = "imagegate DEVELOPMENT (not for production)"
 #: A signing certificate that expires sooner than this is renewed by `ensure_dev_credentials`.
 DEV_RENEW_BEFORE = dt.timedelta(days=7)
 
+#: Algorithms a development signing certificate can have. ES256 is the default (what C2PA
+#: certificate authorities issue most); Ed25519 signs faster in c2pa-rs (see README, Benchmarks).
+#: The root CA is ECDSA P-256 either way.
+DevAlgorithm = Literal["es256", "ed25519"]
+DEV_ALGORITHMS: tuple[str, ...] = get_args(DevAlgorithm)
+
 
 @dataclass(frozen=True, slots=True)
 class DevCredentials:
@@ -44,6 +52,7 @@ class DevCredentials:
     cert_chain_file: Path
     private_key_file: Path
     created: bool  # True when this call created (or renewed) them
+    algorithm: DevAlgorithm = "es256"  # the signing certificate's
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +72,11 @@ def generate_dev_chain(
     signer_not_before: dt.datetime | None = None,
     signer_not_after: dt.datetime | None = None,
     root: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+    algorithm: DevAlgorithm = "es256",
 ) -> GeneratedChain:
-    """Create a development root CA (unless `root` is given) and an ES256 signing certificate.
+    """Create a development root CA (unless `root` is given) and a signing certificate.
+
+    `algorithm` is the signing certificate's: an ECDSA P-256 key (es256) or an Ed25519 key.
 
     The signing certificate carries what C2PA validators require: v3, not a CA, digitalSignature
     key usage (critical), emailProtection EKU, subject and authority key identifiers.
@@ -101,7 +113,12 @@ def generate_dev_chain(
         )
     else:
         root_cert, root_key = root
-    signer_key = ec.generate_private_key(ec.SECP256R1())
+    _check_dev_algorithm(algorithm)
+    signer_key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey = (
+        ed25519.Ed25519PrivateKey.generate()
+        if algorithm == "ed25519"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
     not_before = signer_not_before or (moment - dt.timedelta(minutes=5))
     not_after = signer_not_after or min(
         moment + dt.timedelta(days=365), root_cert.not_valid_after_utc
@@ -144,12 +161,14 @@ def generate_dev_chain(
     )
 
 
-def ensure_dev_credentials(directory: Path) -> DevCredentials:
+def ensure_dev_credentials(directory: Path, algorithm: DevAlgorithm | None = None) -> DevCredentials:
     """Create development credentials in `directory` on first call; reuse them afterwards.
 
     The signing certificate is renewed (under the same root CA, so trust anchors stay valid)
-    when it is missing, broken, or expires within `DEV_RENEW_BEFORE`. A missing or broken root
-    CA regenerates everything.
+    when it is missing, broken, expires within `DEV_RENEW_BEFORE`, or has a key of another
+    algorithm than `algorithm` when one is named. Without `algorithm`, a usable certificate of
+    either algorithm is kept and a new one is ES256. A missing or broken root CA regenerates
+    everything.
     """
     directory = Path(directory)
     paths = DevCredentials(
@@ -161,9 +180,12 @@ def ensure_dev_credentials(directory: Path) -> DevCredentials:
     )
     moment = dt.datetime.now(dt.UTC)
     root = _load_dev_root(directory, moment)
-    if root is not None and _dev_signer_usable(paths, moment):
-        return paths
-    generated = generate_dev_chain(now=moment, root=root)
+    if algorithm is not None:
+        _check_dev_algorithm(algorithm)  # before anything is written
+    found = _usable_dev_algorithm(paths, moment, algorithm) if root is not None else None
+    if found is not None:
+        return dataclasses.replace(paths, algorithm=found)
+    generated = generate_dev_chain(now=moment, root=root, algorithm=algorithm or "es256")
     directory.mkdir(parents=True, exist_ok=True)
     if root is None:
         _write(paths.root_ca_file, generated.root_ca_pem, private=False)
@@ -176,7 +198,15 @@ def ensure_dev_credentials(directory: Path) -> DevCredentials:
         cert_chain_file=paths.cert_chain_file,
         private_key_file=paths.private_key_file,
         created=True,
+        algorithm=algorithm or "es256",
     )
+
+
+def _check_dev_algorithm(algorithm: str) -> None:
+    if algorithm not in DEV_ALGORITHMS:
+        raise CredentialError(
+            f"development certificates are {' or '.join(DEV_ALGORITHMS)}, not {algorithm}"
+        )
 
 
 def _load_dev_root(
@@ -196,17 +226,23 @@ def _load_dev_root(
     return cert, key
 
 
-def _dev_signer_usable(paths: DevCredentials, moment: dt.datetime) -> bool:
+def _usable_dev_algorithm(
+    paths: DevCredentials, moment: dt.datetime, algorithm: DevAlgorithm | None
+) -> DevAlgorithm | None:
+    """The algorithm of the signing certificate in `paths` if it can be kept, else None."""
     settings = ProvenanceSettings(
-        cert_chain_file=paths.cert_chain_file, private_key_file=paths.private_key_file
+        cert_chain_file=paths.cert_chain_file,
+        private_key_file=paths.private_key_file,
+        algorithm=algorithm,  # when named, a certificate of another algorithm is renewed
     )
     try:
         credentials = load_signing_credentials(settings, now=moment + DEV_RENEW_BEFORE)
         root = x509.load_pem_x509_certificate(paths.root_ca_file.read_bytes())
         check_chain_reaches_anchor(credentials.certificates, [root])
     except (CredentialError, OSError, ValueError):
-        return False
-    return True
+        return None
+    found = credentials.algorithm
+    return found if found in DEV_ALGORITHMS else None  # type: ignore[return-value]
 
 
 def _dev_name(common_name: str) -> x509.Name:

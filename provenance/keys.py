@@ -100,7 +100,8 @@ def load_signing_credentials(
             "IMAGEGATE_SIGNING_KEY) and no signing callback given"
         )
     certificates = parse_certificate_chain(chain_pem)
-    validate_chain(certificates, settings.algorithm, now=now)
+    algorithm = settings.algorithm or algorithm_of(certificates[0])
+    validate_chain(certificates, algorithm, now=now)
     if settings.trust_anchors_file is not None:
         anchors = parse_certificate_chain(
             _read_file(settings.trust_anchors_file, "trust anchors"), what="trust anchors"
@@ -110,7 +111,7 @@ def load_signing_credentials(
         check_key_matches(key_pem, certificates[0])
     return SigningCredentials(
         cert_chain_pem=chain_pem,
-        algorithm=settings.algorithm,
+        algorithm=algorithm,
         certificates=tuple(certificates),
         private_key_pem=SecretStr(key_pem) if key_pem is not None else None,
         signing_callback=signing_callback,
@@ -235,6 +236,29 @@ def _check_end_entity(cert: x509.Certificate, algorithm: SigningAlgorithm) -> No
     except x509.ExtensionNotFound:
         raise CredentialError(f"{label} has no authority key identifier (AKI)") from None
     _check_algorithm(cert, algorithm, label)
+
+
+def algorithm_of(cert: x509.Certificate) -> SigningAlgorithm:
+    """The signing algorithm a certificate's key implies, when the settings name none.
+
+    ECDSA keys by their curve (P-256 es256, P-384 es384, P-521 es512), Ed25519 keys ed25519 and
+    RSA keys ps256 (C2PA allows RSA only with PSS padding; set ps384 or ps512 explicitly).
+    """
+    key = cert.public_key()
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    if isinstance(key, rsa.RSAPublicKey):
+        return "ps256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        by_curve: dict[str, SigningAlgorithm] = {
+            "secp256r1": "es256", "secp384r1": "es384", "secp521r1": "es512"
+        }
+        if key.curve.name in by_curve:
+            return by_curve[key.curve.name]
+    raise CredentialError(
+        f"{_label(cert, 0)} has a key C2PA cannot sign with "
+        "(ECDSA P-256/P-384/P-521, Ed25519 or RSA are needed)"
+    )
 
 
 def _check_algorithm(cert: x509.Certificate, algorithm: SigningAlgorithm, label: str) -> None:

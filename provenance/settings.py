@@ -43,7 +43,14 @@ class ProvenanceSettings(BaseModel):
     private_key_file: Path | None = Field(
         default=None, description="File holding the PEM private key."
     )
-    algorithm: SigningAlgorithm = "es256"
+    algorithm: SigningAlgorithm | None = Field(
+        default=None,
+        description=(
+            "Signing algorithm; none: the one the signing certificate's key implies (ECDSA "
+            "P-256 es256, Ed25519 ed25519, RSA ps256, ...). A key that cannot sign with a named "
+            "algorithm is refused at start-up."
+        ),
+    )
     tsa_url: str | None = Field(
         default=None, description="RFC 3161 timestamp authority URL; none by default."
     )

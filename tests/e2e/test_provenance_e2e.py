@@ -42,6 +42,32 @@ async def test_generated_images_are_signed_and_trusted_under_the_dev_root(
     assert any(d["stage"] == "provenance" and "DEVELOPMENT" in d["reason"] for d in record["decisions"])
 
 
+async def test_ed25519_development_certificate_through_the_openai_sdk(
+    tmp_path: Path, fake_openai, start_gateway, upstream_key: str
+) -> None:
+    """`provenance.algorithm: ed25519` with no certificate configured: an Ed25519 dev certificate."""
+    _, upstream_url = fake_openai
+    settings = make_settings(tmp_path, upstream_url, provenance={"algorithm": "ed25519"})
+    _, base_url = await start_gateway(settings, stages=full_stages)
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=TENANT_KEY, max_retries=0) as sdk:
+        result = await sdk.images.generate(model="gpt-image-1", prompt="a quiet harbour", output_format="jpeg")
+    report = verify_image(base64.b64decode(result.data[0].b64_json), trust_anchors_pem=trust_anchor(tmp_path))
+    assert report.state == "trusted", report.failures
+    assert report.signer is not None and report.signer.algorithm == "Ed25519"
+
+
+def test_algorithms_without_a_development_certificate_need_one_configured(tmp_path: Path) -> None:
+    from proxy.settings import ConfigError
+    from proxy.stages.provenance import provenance_settings
+
+    with pytest.raises(ConfigError, match="es384 needs your own certificate"):
+        provenance_settings({"algorithm": "es384"}, tmp_path, environ={})
+    assert not (tmp_path / "dev-keys").exists()  # refused before anything was written
+    settings, development = provenance_settings({"algorithm": "ed25519"}, tmp_path, environ={})
+    assert development and settings.algorithm == "ed25519"
+    assert (tmp_path / "dev-keys" / "dev-signing-chain.pem").is_file()
+
+
 async def test_edit_inputs_become_ingredients(tmp_path: Path, fake_openai, start_gateway, upstream_key: str) -> None:
     _, upstream_url = fake_openai
     _, base_url = await start_gateway(make_settings(tmp_path, upstream_url), stages=full_stages)

@@ -41,7 +41,23 @@ def test_keys_init_dev_creates_then_reuses(
     assert "created DEVELOPMENT" in first and "PRIVATE KEY" not in first
     assert (out / "dev-root-ca.pem").is_file() and (out / "dev-signing-key.pem").is_file()
     assert main(["keys", "init-dev", "--out", str(out)]) == 0
-    assert "reusing existing" in capsys.readouterr().out
+    assert "reusing existing DEVELOPMENT C2PA credentials (es256)" in capsys.readouterr().out
+
+
+def test_keys_init_dev_ed25519_replaces_only_the_signing_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "keys"
+    assert main(["keys", "init-dev", "--out", str(out)]) == 0
+    root = (out / "dev-root-ca.pem").read_bytes()
+    assert main(["keys", "init-dev", "--out", str(out), "--algorithm", "ed25519"]) == 0
+    assert "created DEVELOPMENT C2PA credentials (ed25519)" in capsys.readouterr().out
+    assert (out / "dev-root-ca.pem").read_bytes() == root  # verifiers' trust anchor unchanged
+    # Without --algorithm the existing certificate is kept, whichever algorithm it has.
+    assert main(["keys", "init-dev", "--out", str(out)]) == 0
+    assert "reusing existing DEVELOPMENT C2PA credentials (ed25519)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse refuses what no development certificate can be
+        main(["keys", "init-dev", "--out", str(out), "--algorithm", "ps256"])
 
 
 @pytest.fixture()

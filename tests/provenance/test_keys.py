@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr, ValidationError
 
@@ -18,6 +19,7 @@ from provenance import (
     load_signing_credentials,
 )
 from provenance.dev_credentials import generate_dev_chain
+from provenance.keys import algorithm_of
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -160,7 +162,7 @@ def test_settings_validation() -> None:
         ProvenanceSettings(unknown_field=1)  # type: ignore[call-arg]
     defaults = ProvenanceSettings()
     assert not defaults.embed_thumbnail and not defaults.verify_after_sign
-    assert defaults.algorithm == "es256" and defaults.tsa_fallback == "fail"
+    assert defaults.algorithm is None and defaults.tsa_fallback == "fail"  # from the certificate
 
 
 def test_dev_signing_certificate_is_renewed_under_the_same_root(tmp_path: Path) -> None:
@@ -177,3 +179,61 @@ def test_dev_signing_certificate_is_renewed_under_the_same_root(tmp_path: Path) 
             trust_anchors_file=renewed.root_ca_file,
         )
     )
+
+
+def test_ed25519_dev_certificate_has_the_same_extensions_and_loads_as_ed25519(tmp_path: Path) -> None:
+    paths = ensure_dev_credentials(tmp_path, "ed25519")
+    assert paths.created and paths.algorithm == "ed25519"
+    (signer_cert,) = x509.load_pem_x509_certificates(paths.cert_chain_file.read_bytes())
+    assert isinstance(signer_cert.public_key(), ed25519.Ed25519PublicKey)
+    extensions = signer_cert.extensions
+    assert ExtendedKeyUsageOID.EMAIL_PROTECTION in extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+    root = x509.load_pem_x509_certificate(paths.root_ca_file.read_bytes())
+    root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == root_ski.digest
+    assert isinstance(root.public_key(), ec.EllipticCurvePublicKey)  # the root stays ECDSA P-256
+    credentials = load_signing_credentials(
+        ProvenanceSettings(
+            cert_chain_file=paths.cert_chain_file,
+            private_key_file=paths.private_key_file,
+            trust_anchors_file=paths.root_ca_file,
+        )
+    )
+    assert credentials.algorithm == "ed25519"  # inferred from the key: nothing configured
+
+
+def test_dev_credentials_keep_their_algorithm_unless_another_is_named(tmp_path: Path) -> None:
+    first = ensure_dev_credentials(tmp_path, "ed25519")
+    root_before = first.root_ca_file.read_bytes()
+    chain_before = first.cert_chain_file.read_bytes()
+
+    kept = ensure_dev_credentials(tmp_path)  # none named: the valid Ed25519 certificate is kept
+    assert not kept.created and kept.algorithm == "ed25519"
+    assert kept.cert_chain_file.read_bytes() == chain_before
+
+    switched = ensure_dev_credentials(tmp_path, "es256")  # named: replaced under the same root
+    assert switched.created and switched.algorithm == "es256"
+    assert switched.root_ca_file.read_bytes() == root_before
+    (signer_cert,) = x509.load_pem_x509_certificates(switched.cert_chain_file.read_bytes())
+    assert isinstance(signer_cert.public_key(), ec.EllipticCurvePublicKey)
+    assert not ensure_dev_credentials(tmp_path, "es256").created
+
+
+def test_dev_credentials_refuse_other_algorithms_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(CredentialError, match="es256 or ed25519, not ps256"):
+        ensure_dev_credentials(tmp_path / "keys", "ps256")  # type: ignore[arg-type]
+    assert not (tmp_path / "keys").exists()
+
+
+def test_algorithm_is_inferred_from_the_certificate_key() -> None:
+    es256 = generate_dev_chain()
+    ed = generate_dev_chain(algorithm="ed25519")
+    assert algorithm_of(x509.load_pem_x509_certificate(es256.chain_pem.encode())) == "es256"
+    assert algorithm_of(x509.load_pem_x509_certificate(ed.chain_pem.encode())) == "ed25519"
+    assert load_signing_credentials(settings_for(ed.chain_pem, ed.key_pem)).algorithm == "ed25519"
+    # A named algorithm is still checked against the key.
+    with pytest.raises(CredentialError, match="cannot sign with algorithm es256"):
+        load_signing_credentials(settings_for(ed.chain_pem, ed.key_pem, algorithm="es256"))
+    with pytest.raises(CredentialError, match="cannot sign with algorithm ed25519"):
+        load_signing_credentials(settings_for(es256.chain_pem, es256.key_pem, algorithm="ed25519"))

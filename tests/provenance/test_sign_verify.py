@@ -16,9 +16,11 @@ from provenance import (
     SigningError,
     TimestampAuthorityError,
     VerificationError,
+    ensure_dev_credentials,
     load_signing_credentials,
     verify_image,
 )
+from provenance.dev_credentials import DevCredentials
 from provenance.keys import SigningCredentials
 from provenance.signer import local_key_callback
 from tests.provenance.conftest import FORMATS, make_image, make_info
@@ -267,3 +269,44 @@ def test_unserialisable_verdicts_are_a_clear_signing_error(
 ) -> None:
     with pytest.raises(SigningError, match="moderation data cannot go into a manifest"):
         signer.sign(images["image/png"], "image/png", make_info(verdicts=[verdict]))
+
+
+@pytest.fixture(scope="module")
+def ed25519_dev(tmp_path_factory: pytest.TempPathFactory) -> DevCredentials:
+    return ensure_dev_credentials(tmp_path_factory.mktemp("dev-keys-ed25519"), "ed25519")
+
+
+@pytest.mark.parametrize("media_type", MEDIA_TYPES)
+def test_ed25519_signatures_read_back_trusted_and_catch_tampering(
+    ed25519_dev: DevCredentials, images: dict[str, bytes], media_type: str
+) -> None:
+    """Ed25519 (the faster algorithm in c2pa-rs) on the same path: trusted, and tampering found."""
+    settings = ProvenanceSettings(  # no algorithm named: the certificate's key says ed25519
+        cert_chain_file=ed25519_dev.cert_chain_file, private_key_file=ed25519_dev.private_key_file
+    )
+    credentials = load_signing_credentials(settings)
+    assert credentials.algorithm == "ed25519"
+    signer = ManifestSigner(credentials, settings)
+    try:
+        assert signer.data_hashed_available
+        signed = signer.sign(images[media_type], media_type, make_info(audit_id="audit-ORIGINAL"))
+    finally:
+        signer.close()
+    root_pem = ed25519_dev.root_ca_file.read_text()
+    assert 0 < signed.bytes_added < 8 * 1024
+
+    report = verify_image(signed.data, media_type, trust_anchors_pem=root_pem)
+    assert report.state == "trusted", report.failures
+    assert report.signer is not None and report.signer.algorithm == "Ed25519"
+    assert report.imagegate is not None and report.imagegate["audit_id"] == "audit-ORIGINAL"
+
+    flipped = bytearray(signed.data)
+    flipped[pixel_offset(signed.data, media_type)] ^= 0x01
+    report = verify_image(bytes(flipped), media_type, trust_anchors_pem=root_pem)
+    assert report.state == "invalid"
+    assert "assertion.dataHash.mismatch" in [f.code for f in report.failures]
+
+    edited = signed.data.replace(b"audit-ORIGINAL", b"audit-FORGED!!")
+    assert edited != signed.data
+    report = verify_image(edited, media_type, trust_anchors_pem=root_pem)
+    assert report.state == "invalid" and report.failures
