@@ -83,6 +83,11 @@ def test_run_all_writes_table_json_and_chart_and_records_failures(tmp_path: Path
         for quantile in ("p50", "p95", "p99"):
             assert f"added {quantile} at concurrency {concurrency}" in latency
         assert f"throughput at concurrency {concurrency}" in latency
+    signing = {row["name"]: row for row in by_benchmark["signing"]}
+    for fmt in ("PNG", "JPEG", "WEBP"):  # each format with the default ES256 and with Ed25519
+        for name in (f"{fmt} 256x256: sign", f"{fmt} 256x256: sign, Ed25519"):
+            assert signing[name]["target_key"] == "signing_vs_sha256" and signing[name]["ratio"] > 0
+        assert signing[f"{fmt} 256x256: bytes added, Ed25519"]["value"] > 0
 
     table = paths["md"].read_text()
     assert "Machine: " in table and document["machine"]["commit"] in table
