@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,24 @@ from aiohttp.test_utils import TestServer
 
 from proxy.settings import Settings
 from tests.fakes.openai_upstream import FakeOpenAI
+
+
+#: How long before 00:00 UTC a test waits for the new day instead of starting (see below).
+MIDNIGHT_GUARD_S = 90.0
+
+
+@pytest.fixture(autouse=True)
+def _not_across_utc_midnight() -> None:
+    """Start no test in the last `MIDNIGHT_GUARD_S` seconds of a UTC day: wait for the next one.
+
+    Day and month budgets are counted per UTC day (`policies.limits.period_bounds`); a test whose
+    requests straddle 00:00 would see two counters and fail for a reason that is not a bug. No
+    test that counts budgets takes this long, so each one runs inside a single day. Costs nothing
+    the rest of the day.
+    """
+    left = 86400.0 - time.time() % 86400.0
+    if left < MIDNIGHT_GUARD_S:
+        time.sleep(left + 1.0)
 
 
 def free_port() -> int:
