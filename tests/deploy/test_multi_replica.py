@@ -596,7 +596,12 @@ async def test_sigterm_drains_in_flight_requests_and_writes_their_audit_records(
                 await asyncio.sleep(0.01)
             replica.process.send_signal(signal.SIGTERM)
             terminated_at = time.monotonic()
-            await asyncio.sleep(0.5)
+            # Wait (without sending a request) until the listener is closed, however long the
+            # replica takes to handle the signal on a busy machine; then ask as a client would.
+            while await _accepts_connections(replica.port):
+                assert time.monotonic() - terminated_at < 20, "the replica kept its listener open"
+                await asyncio.sleep(0.02)
+            closed_at = time.monotonic()
             late = await client.generate("load")  # a new connection while the old ones drain
             outcomes = await asyncio.gather(*tasks)
     finally:
@@ -607,9 +612,21 @@ async def test_sigterm_drains_in_flight_requests_and_writes_their_audit_records(
     assert stopped_after < 30, f"shutdown took {stopped_after:.1f}s"
     assert [o.status for o in outcomes] == [200] * 6, [(o.status, o.body) for o in outcomes]
     assert all(o.answered_at > terminated_at for o in outcomes), "they were still in flight at SIGTERM"
+    assert all(o.answered_at > closed_at for o in outcomes), "the listener closed only after the drain"
     assert late.status is None and late.replica is None, "a draining replica accepts no new connection"
     stored = {row["id"] for row in await _audit_rows(cluster.schema, "load")}
     assert {o.audit_id for o in outcomes} <= stored
+
+
+async def _accepts_connections(port: int) -> bool:
+    """Whether something accepts a TCP connection on the loopback `port` now."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
 
 
 @pytest.fixture(scope="module")

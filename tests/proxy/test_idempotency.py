@@ -67,11 +67,17 @@ async def test_sdk_retry_with_the_same_key(tmp_path: Path, fake_openai, start_ga
 
 async def test_concurrent_duplicate_is_refused_with_409(tmp_path: Path, fake_openai, start_gateway, upstream_key: str) -> None:
     fake, upstream_url = fake_openai
-    fake.delay_s = 0.3
+    fake.delay_s = 1.0  # the first request is in flight upstream for this long
     _, base = await start_gateway(budget_settings(tmp_path, upstream_url), stages=limits_stages)
     async with aiohttp.ClientSession() as session:
         first = asyncio.ensure_future(post(session, base, BODY, **{"Idempotency-Key": "dup"}))
-        await asyncio.sleep(0.1)
+        # The duplicate goes once the first has reached the provider (so it holds the key), not
+        # after a fixed head start that a stalled machine could overrun.
+        for _ in range(500):
+            if fake.received or first.done():
+                break
+            await asyncio.sleep(0.01)
+        assert fake.received and not first.done()
         status, headers, body = await post(session, base, BODY, **{"Idempotency-Key": "dup"})
         assert (await first)[0] == 200
         assert (await post(session, base, BODY, **{"Idempotency-Key": "dup"}))[1]["Idempotent-Replayed"] == "true"

@@ -405,11 +405,13 @@ async def test_replies_stay_in_step_with_the_real_redis(store: RedisLimitStore) 
 
 @pytest.mark.redis
 async def test_steady_traffic_longer_than_the_timeout_does_not_time_out(redis_prefix: str) -> None:
-    store = RedisLimitStore(REDIS_URL, key_prefix=redis_prefix, timeout_s=0.2)
+    # Traffic for three times the timeout: a timeout on the connection's age would fire. The
+    # timeout itself leaves room for a busy machine's stall on one reply (0.2 s left little).
+    store = RedisLimitStore(REDIS_URL, key_prefix=redis_prefix, timeout_s=0.5)
     await store.start()
     try:
         rates, budgets = plan(user="steady")
-        deadline = time.monotonic() + 0.7
+        deadline = time.monotonic() + 1.5
 
         async def worker() -> int:
             done = 0
