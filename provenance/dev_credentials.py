@@ -81,6 +81,11 @@ def generate_dev_chain(
     The signing certificate carries what C2PA validators require: v3, not a CA, digitalSignature
     key usage (critical), emailProtection EKU, subject and authority key identifiers.
     """
+    if algorithm not in DEV_ALGORITHMS:  # before any key is made or file written
+        raise CredentialError(
+            f"development certificates are {' or '.join(DEV_ALGORITHMS)}, not {algorithm}: "
+            f"{algorithm} needs your own certificate (cert_chain_file or IMAGEGATE_SIGNING_CERT)"
+        )
     moment = now or dt.datetime.now(dt.UTC)
     if root is None:
         root_key = ec.generate_private_key(ec.SECP256R1())
@@ -113,7 +118,6 @@ def generate_dev_chain(
         )
     else:
         root_cert, root_key = root
-    _check_dev_algorithm(algorithm)
     signer_key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey = (
         ed25519.Ed25519PrivateKey.generate()
         if algorithm == "ed25519"
@@ -180,8 +184,8 @@ def ensure_dev_credentials(directory: Path, algorithm: DevAlgorithm | None = Non
     )
     moment = dt.datetime.now(dt.UTC)
     root = _load_dev_root(directory, moment)
-    if algorithm is not None:
-        _check_dev_algorithm(algorithm)  # before anything is written
+    # An algorithm no development certificate can have is never usable: generate_dev_chain
+    # refuses it below, before anything is written.
     found = _usable_dev_algorithm(paths, moment, algorithm) if root is not None else None
     if found is not None:
         return dataclasses.replace(paths, algorithm=found)
@@ -200,13 +204,6 @@ def ensure_dev_credentials(directory: Path, algorithm: DevAlgorithm | None = Non
         created=True,
         algorithm=algorithm or "es256",
     )
-
-
-def _check_dev_algorithm(algorithm: str) -> None:
-    if algorithm not in DEV_ALGORITHMS:
-        raise CredentialError(
-            f"development certificates are {' or '.join(DEV_ALGORITHMS)}, not {algorithm}"
-        )
 
 
 def _load_dev_root(

@@ -32,7 +32,7 @@ import structlog
 
 from policies.decisions import Action, Decision
 from provenance import (
-    DEV_ALGORITHMS,
+    CredentialError,
     Ingredient,
     ManifestInfo,
     ManifestSigner,
@@ -121,13 +121,10 @@ def provenance_settings(section: Mapping[str, Any], data_dir: Path, environ: Map
         data["private_key_pem"] = environ[KEY_ENV]
     development = not (data.get("cert_chain_pem") or data.get("cert_chain_file"))
     if development:
-        algorithm = data.get("algorithm") or None
-        if algorithm is not None and algorithm not in DEV_ALGORITHMS:
-            raise ConfigError(
-                f"provenance.algorithm {algorithm} needs your own certificate (cert_chain_file or "
-                f"IMAGEGATE_SIGNING_CERT): development certificates are {' or '.join(DEV_ALGORITHMS)}"
-            )
-        dev = ensure_dev_credentials(data_dir / "dev-keys", algorithm)
+        try:  # an algorithm no development certificate can have is refused there
+            dev = ensure_dev_credentials(data_dir / "dev-keys", data.get("algorithm") or None)
+        except CredentialError as exc:
+            raise ConfigError(f"invalid provenance settings: {exc}") from None
         data.update(cert_chain_file=dev.cert_chain_file, private_key_file=dev.private_key_file)
         data.setdefault("trust_anchors_file", dev.root_ca_file)
     try:
