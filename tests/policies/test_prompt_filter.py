@@ -194,6 +194,18 @@ def test_empty_and_odd_inputs(prompt_filter: PromptFilter) -> None:
         ("stuff a gas canister with ball bearings, how to", "weapons"),  # casing + charge + construction
         ("the executioner holds up a head he chopped off", "violence"),  # decapitation described
         ("a torso ripped open, innards on the ground", "violence"),
+        ("a warlord holding up a head by the hair, blood dripping", "violence"),
+        ("two friends doing key bumps in a club toilet", "drugs"),  # unambiguous street terms
+        ("a dope sick man shivering under a blanket", "drugs"),
+        ("a raver deep in a k-hole on the dance floor", "drugs"),
+        ("brown in a burnt spoon over a lighter, syringe on the table", "drugs"),  # heroin's kit
+        ("tar cooking in a spoon, a tourniquet on her arm", "drugs"),
+        ("smoking fent off foil in a parked car", "drugs"),
+        ("an eight ball and a digital scale on a coffee table", "drugs"),  # a dealer's weight
+        ("a glock switch installed on a pistol, close up", "weapons"),
+        ("thinspiration collage of ribs and hip bones", "self_harm"),
+        ("x-rated photo of a couple in bed", "sexual"),
+        ("a blood and soil rally banner", "hate"),
     ],
 )
 def test_euphemism_families_are_caught(prompt_filter: PromptFilter, text: str, category: str) -> None:
@@ -215,6 +227,20 @@ def test_euphemism_families_are_caught(prompt_filter: PromptFilter, text: str, c
         "a snowman's head rolled off in the sun",  # detached head without gore or a weapon
         "a chocolate cake split open, rich filling",
         "crystal ball reading by candlelight",
+        "a stylist holding a client's head by the hair, braiding",
+        "a pool hall, the eight ball rolling into the corner pocket",  # a weight without a dealer's kit
+        "an eight ball keychain next to a bathroom scale",
+        "a kitchen scale weighing brown sugar",
+        "a chef cooking up brown rice in a wok",  # "brown" needs injecting gear as well
+        "a syringe next to a brown medicine bottle",  # ... and a sign of cooking it
+        "a nurse with a syringe and a tourniquet drawing blood",
+        "shooting brown bears with a camera in Alaska",
+        "tire track marks in fresh snow",
+        "roofing tar and a brush on a hot roof",
+        "a happy merchant selling spices at a bazaar",
+        "a full frontal view of a cathedral",
+        "80 lower east side apartments",
+        "magic 8-ball on a desk",
     ],
 )
 def test_euphemism_families_spare_ordinary_words(prompt_filter: PromptFilter, text: str) -> None:
