@@ -35,13 +35,14 @@ from policies.prompt_policy import ParaphraseSettings, PromptPolicy
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "prompt_eval.jsonl"
 OBFUSCATION_CLASSES = {"leet", "homoglyph", "zero_width", "spaced", "fullwidth", "combining", "language", "euphemism"}
-#: Lexical recall on euphemisms written after the rules were frozen: 4/20 (15/20 with the paraphrase
-#: layer). Only a guard against regressions; the issue's 0.90 is NOT met on this split.
-HELD_OUT_POST_EUPHEMISM_FLOOR = 0.20
+#: Lexical recall on euphemisms written after the rules were frozen: 4/20 then, 7/20 since the
+#: street-term rules of e5896fc, written after this split's misses were seen (19/20 with the
+#: paraphrase layer). Only a guard against regressions; no longer an unseen split.
+HELD_OUT_POST_EUPHEMISM_FLOOR = 0.35
 #: The first held-out batch (written before the families, seen while designing them): 20/20.
 HELD_OUT_EUPHEMISM_FLOOR = 0.90
-#: The blind split, lexical layers: 25/74. A regression guard; the issue's 0.90 is NOT met.
-HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.30
+#: The blind split, lexical layers: 27/74. A regression guard; the issue's 0.90 is NOT met.
+HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.36
 #: The paraphrase layer (trained head, default threshold), per split, as measured by `imagegate
 #: prompts report --split NAME --paraphrase`: (euphemisms caught at least, harmless prompts flagged at
 #: most). Regression guards at the measured figures, not targets met:
@@ -55,7 +56,7 @@ HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.30
 PARAPHRASE_GUARDS = {
     "main": (20, 0),
     "held_out": (20, 1),
-    "held_out_post": (16, 0),
+    "held_out_post": (19, 0),
     "held_out_blind": (58, 3),
 }
 
