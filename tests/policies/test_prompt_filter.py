@@ -234,6 +234,8 @@ def test_euphemism_families_are_caught(prompt_filter: PromptFilter, text: str, c
         "a chef cooking up brown rice in a wok",  # "brown" needs injecting gear as well
         "a syringe next to a brown medicine bottle",  # ... and a sign of cooking it
         "a nurse with a syringe and a tourniquet drawing blood",
+        "a syringe, cotton swabs and a brown bottle of iodine on a tray",
+        "brown mud with tire track marks, campers cooking by the river",
         "shooting brown bears with a camera in Alaska",
         "tire track marks in fresh snow",
         "roofing tar and a brush on a hot roof",
