@@ -238,6 +238,24 @@ def _check_end_entity(cert: x509.Certificate, algorithm: SigningAlgorithm) -> No
     _check_algorithm(cert, algorithm, label)
 
 
+#: The key each signing algorithm needs: its type and, for ECDSA, its curve. In the order
+#: `algorithm_of` tries them: an RSA key implies ps256, the first RSA entry.
+_KEY_FOR_ALGORITHM: dict[SigningAlgorithm, tuple[type, str | None]] = {
+    "es256": (ec.EllipticCurvePublicKey, "secp256r1"),
+    "es384": (ec.EllipticCurvePublicKey, "secp384r1"),
+    "es512": (ec.EllipticCurvePublicKey, "secp521r1"),
+    "ps256": (rsa.RSAPublicKey, None),
+    "ps384": (rsa.RSAPublicKey, None),
+    "ps512": (rsa.RSAPublicKey, None),
+    "ed25519": (ed25519.Ed25519PublicKey, None),
+}
+
+
+def _key_fits(key: object, algorithm: SigningAlgorithm) -> bool:
+    key_type, curve = _KEY_FOR_ALGORITHM[algorithm]
+    return isinstance(key, key_type) and (curve is None or key.curve.name == curve)  # type: ignore[attr-defined]
+
+
 def algorithm_of(cert: x509.Certificate) -> SigningAlgorithm:
     """The signing algorithm a certificate's key implies, when the settings name none.
 
@@ -245,16 +263,9 @@ def algorithm_of(cert: x509.Certificate) -> SigningAlgorithm:
     RSA keys ps256 (C2PA allows RSA only with PSS padding; set ps384 or ps512 explicitly).
     """
     key = cert.public_key()
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "ed25519"
-    if isinstance(key, rsa.RSAPublicKey):
-        return "ps256"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        by_curve: dict[str, SigningAlgorithm] = {
-            "secp256r1": "es256", "secp384r1": "es384", "secp521r1": "es512"
-        }
-        if key.curve.name in by_curve:
-            return by_curve[key.curve.name]
+    for algorithm in _KEY_FOR_ALGORITHM:
+        if _key_fits(key, algorithm):
+            return algorithm
     raise CredentialError(
         f"{_label(cert, 0)} has a key C2PA cannot sign with "
         "(ECDSA P-256/P-384/P-521, Ed25519 or RSA are needed)"
@@ -262,21 +273,7 @@ def algorithm_of(cert: x509.Certificate) -> SigningAlgorithm:
 
 
 def _check_algorithm(cert: x509.Certificate, algorithm: SigningAlgorithm, label: str) -> None:
-    key = cert.public_key()
-    expected: dict[str, tuple[type, str | None]] = {
-        "es256": (ec.EllipticCurvePublicKey, "secp256r1"),
-        "es384": (ec.EllipticCurvePublicKey, "secp384r1"),
-        "es512": (ec.EllipticCurvePublicKey, "secp521r1"),
-        "ps256": (rsa.RSAPublicKey, None),
-        "ps384": (rsa.RSAPublicKey, None),
-        "ps512": (rsa.RSAPublicKey, None),
-        "ed25519": (ed25519.Ed25519PublicKey, None),
-    }
-    key_type, curve = expected[algorithm]
-    fits = isinstance(key, key_type)
-    if fits and curve is not None and isinstance(key, ec.EllipticCurvePublicKey):
-        fits = key.curve.name == curve
-    if not fits:
+    if not _key_fits(cert.public_key(), algorithm):
         raise CredentialError(f"{label} has a key that cannot sign with algorithm {algorithm}")
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr, ValidationError
 
@@ -231,9 +232,25 @@ def test_algorithm_is_inferred_from_the_certificate_key() -> None:
     ed = generate_dev_chain(algorithm="ed25519")
     assert algorithm_of(x509.load_pem_x509_certificate(es256.chain_pem.encode())) == "es256"
     assert algorithm_of(x509.load_pem_x509_certificate(ed.chain_pem.encode())) == "ed25519"
+    # Other keys: by curve, RSA as ps256, and a curve C2PA has no algorithm for refused.
+    for key, expected in ((ec.generate_private_key(ec.SECP384R1()), "es384"),
+                          (ec.generate_private_key(ec.SECP521R1()), "es512"),
+                          (rsa.generate_private_key(public_exponent=65537, key_size=2048), "ps256")):
+        assert algorithm_of(_self_signed(key)) == expected
+    with pytest.raises(CredentialError, match="has a key C2PA cannot sign with"):
+        algorithm_of(_self_signed(ec.generate_private_key(ec.SECP256K1())))
     assert load_signing_credentials(settings_for(ed.chain_pem, ed.key_pem)).algorithm == "ed25519"
     # A named algorithm is still checked against the key.
     with pytest.raises(CredentialError, match="cannot sign with algorithm es256"):
         load_signing_credentials(settings_for(ed.chain_pem, ed.key_pem, algorithm="es256"))
     with pytest.raises(CredentialError, match="cannot sign with algorithm ed25519"):
         load_signing_credentials(settings_for(es256.chain_pem, es256.key_pem, algorithm="ed25519"))
+
+
+def _self_signed(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> x509.Certificate:
+    """A bare self-signed certificate for `key` (only its public key matters to algorithm_of)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "key test")])
+    moment = dt.datetime.now(dt.UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(moment)
+            .not_valid_after(moment + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
