@@ -371,7 +371,8 @@ def train_head(encode: Encoder, paths: Sequence[Path] | None = None, *, model_na
     import numpy as np
 
     paths = tuple(paths) if paths is not None else training_paths()
-    examples = [example for example in load_examples(paths) if example.id not in set(exclude)]
+    excluded = set(exclude)
+    examples = [example for example in load_examples(paths) if example.id not in excluded]
     vectors = np.asarray(encode([example.text for example in examples]), dtype="float64")
     bank, features, labels = _bank_and_training_set(vectors, examples, paths[0].name, top_k, sentence_dim(encode))
     unknown = sorted(set(labels) - {SAFE, *bank.categories})
@@ -381,7 +382,7 @@ def train_head(encode: Encoder, paths: Sequence[Path] | None = None, *, model_na
     weights, bias = fit_head(features, labels, classes, l2=l2, safe_share=safe_share)
     counts = tuple((name, labels.count(name)) for name in classes)
     return ParaphraseHead(classes, weights, bias, model_name, training_fingerprint(paths, model_name),
-                          tuple(path.name for path in paths), tuple(sorted(set(exclude))), top_k, l2,
+                          tuple(path.name for path in paths), tuple(sorted(excluded)), top_k, l2,
                           safe_share, counts)
 
 

@@ -227,15 +227,15 @@ def run_train_head(args: argparse.Namespace) -> int:
     examples = load_examples(paths)
     cached([example.text for example in examples])  # one pass, in file order: reproducible batches
     data = args.data or DEFAULT_DATA
-    excluded: list[str] = []
+    excluded: set[str] = set()
     if data.exists():
         rows = _load_rows(data)
         similar = [prepare(str(row["prompt"])).plain for row in rows if str(row.get("split") or "main") != BLIND_SPLIT]
-        excluded = evaluation_overlap(cached, examples, repeated=[str(row["prompt"]) for row in rows], similar=similar)
+        excluded = set(evaluation_overlap(cached, examples, repeated=[str(row["prompt"]) for row in rows], similar=similar))
         print(f"left out {len(excluded)} of {len(examples)} examples that repeat or nearly repeat prompts of {data}")
     else:
         print(f"no labelled set at {data}: nothing left out of training", file=sys.stderr)
-    kept = [example for example in examples if example.id not in set(excluded)]
+    kept = [example for example in examples if example.id not in excluded]
     if args.cv:
         vectors = cached([example.text for example in kept]).astype("float64")
         for name, figures in cross_validate(vectors, kept, paths[0].name, width=sentence_dim(encode)).items():
