@@ -38,6 +38,7 @@ __all__ = [
     "Tag",
     "load_lexicon",
     "LEXICON_DIR",
+    "MODIFIER_GAP",
 ]
 
 LEXICON_DIR = Path(__file__).parent / "data" / "prompt_lexicons"
@@ -54,6 +55,8 @@ TIERS: tuple[str, ...] = ("strong", "contextual", "weak")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]")
 _KATAKANA_ONLY = re.compile(r"[\u30a0-\u30ff]+")
 _KATAKANA_CLASS = "\u30a0-\u30ff\uff66-\uff9f"
+#: How many filler words may stand between a benign modifier and its noun.
+MODIFIER_GAP = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,11 @@ class Lexicon:
     benign_words: dict[str, frozenset[str]] = field(default_factory=dict)
     #: Words that are units of measure right after a number ("5 kms"): a hit on one there is benign.
     units: frozenset[str] = frozenset()
+    #: Terms that name a shade, a product or a dish when they modify one of their nouns ("nude
+    #: lipstick", "bottomless brunch"): term -> nouns. At most `MODIFIER_GAP` words of
+    #: `modifier_fillers` (materials, finishes: "nude matte lipstick") may stand between them.
+    modifiers: dict[str, frozenset[str]] = field(default_factory=dict)
+    modifier_fillers: frozenset[str] = frozenset()
     rules: tuple[PhraseRule, ...] = ()
     languages: tuple[str, ...] = ()
     fingerprint: str = ""
@@ -242,7 +250,7 @@ def _read_yaml(path: Path, *, terms: bool) -> dict[str, Any]:
 
 def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
                   benign_context: dict[str, set[str]], benign_words: dict[str, set[str]],
-                  units: set[str]) -> None:
+                  units: set[str], modifiers: dict[str, set[str]], fillers: set[str]) -> None:
     for category, tiers in (data.get("categories") or {}).items():
         if category not in CATEGORIES:
             raise ValueError(f"lexicon {language}: unknown category {category!r}")
@@ -257,6 +265,14 @@ def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
     for term in data.get("benign_phrases") or ():
         builder.add(str(term) + "!", "benign", None, language)
     units.update(normalise(str(unit), leet=False) for unit in data.get("units") or ())
+    section = data.get("benign_modifiers") or {}
+    fillers.update(normalise(str(word), leet=False) for word in section.get("fillers") or ())
+    for entry in section.get("modifiers") or ():
+        nouns = {normalise(str(noun), leet=False) for noun in entry.get("nouns") or ()}
+        if not nouns or any(" " in noun for noun in nouns):
+            raise ValueError(f"lexicon {language}: a benign modifier needs one-word nouns: {entry!r}")
+        for term in entry.get("terms") or ():
+            modifiers.setdefault(normalise(str(term), leet=False), set()).update(nouns)
     for key, target in (("benign_context", benign_context), ("benign_words", benign_words)):
         for category, cues in (data.get(key) or {}).items():
             target.setdefault(category, set()).update(normalise(str(cue), leet=False) for cue in cues or ())
@@ -295,6 +311,8 @@ def load_lexicon(
     benign_context: dict[str, set[str]] = {}
     benign_words: dict[str, set[str]] = {}
     units: set[str] = set()
+    modifiers: dict[str, set[str]] = {}
+    fillers: set[str] = set()
     languages = []
     digest = hashlib.sha256()
     rules: tuple[PhraseRule, ...] = ()
@@ -307,7 +325,7 @@ def load_lexicon(
         data = _read_yaml(path, terms=True)
         language = str(data.get("language", path.stem))
         languages.append(language)
-        _add_language(builder, data, language, benign_context, benign_words, units)
+        _add_language(builder, data, language, benign_context, benign_words, units, modifiers, fillers)
     tenant = {"extra_terms": {}, "allow_terms": []}
     for category, terms in sorted((extra_terms or {}).items()):
         terms = sorted(str(term) for term in terms)
@@ -322,6 +340,8 @@ def load_lexicon(
         benign_context={key: frozenset(value) for key, value in benign_context.items()},
         benign_words={key: frozenset(value) for key, value in benign_words.items()},
         units=frozenset(units),
+        modifiers={term: frozenset(nouns) for term, nouns in modifiers.items()},
+        modifier_fillers=frozenset(fillers),
         rules=rules,
         languages=tuple(languages),
         fingerprint=digest.hexdigest(),

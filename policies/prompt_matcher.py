@@ -2,7 +2,8 @@
 prefixes, spaced-out runs, substrings in Japanese, and ages written as numbers.
 
 The output is a list of `Hit`s annotated with what surrounds them (a negation cue before them,
-a benign phrase or a tenant allow term around them). Nothing here decides; `PromptFilter`
+a benign phrase or a tenant allow term around them, a noun after them that makes them a shade or
+a product: "nude matte lipstick"). Nothing here decides; `PromptFilter`
 turns hits into a verdict.
 
 What this module must never do: apply a policy, or match a term inside a longer word of an
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from policies.prompt_lexicon import Lexicon, Tag
+from policies.prompt_lexicon import MODIFIER_GAP, Lexicon, Tag
 from policies.prompt_normalise import PreparedText, skeleton
 
 __all__ = ["Hit", "scan_field"]
@@ -40,7 +41,7 @@ class Hit:
     matched: str
     field: str
     negative: bool
-    via: str  # exact | skeleton | prefix | run | cjk | age
+    via: str  # exact | skeleton | prefix | run | cjk | age | echo
     negated: bool = False
     benign: bool = False
     allowed: bool = False
@@ -143,6 +144,12 @@ def _run_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: bo
     return hits
 
 
+#: A word or name in triple parentheses. Antisemites mark Jewish names so ("echoes"); Stable
+#: Diffusion users mark emphasis so ("(((masterpiece)))"), which is why it is only a weak term.
+_ECHO = re.compile(r"\(\s*\(\s*\(\s*[^()\s][^()]{0,60}\)\s*\)\s*\)")
+_ECHO_TAG = Tag("hate", "weak", "en", "triple parentheses")
+
+
 def _special_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: bool) -> list[Hit]:
     hits: list[Hit] = []
     text = prepared.plain
@@ -152,6 +159,9 @@ def _special_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative
                 tag = Tag("minor", None, _AGE_TAG_LANGUAGE, "age under 18")
                 hits.append(Hit((tag,), -1, -1, match.group(0), field, negative, "age"))
                 break
+    match = _ECHO.search(text)
+    if match is not None:  # "(((name)))", the antisemitic echo; also Stable Diffusion's emphasis: weak
+        hits.append(Hit((_ECHO_TAG,), -1, -1, match.group(0), field, negative, "echo"))
     if lexicon.cjk_pattern is not None and not text.isascii():
         compact = text.replace(" ", "")
         for match in lexicon.cjk_pattern.finditer(compact):
@@ -180,11 +190,29 @@ def _after_number(tokens: list[str], hit: Hit, units: frozenset[str]) -> bool:
             and tokens[hit.start - 1][0].isdigit())
 
 
-def _annotate(hits: list[Hit], tokens: list[str], window: int, units: frozenset[str] = frozenset()) -> None:
+def _modifies_benign_noun(tokens: list[str], hit: Hit, lexicon: Lexicon) -> bool:
+    """A hit that is a benign modifier right before one of its nouns, with at most
+    `MODIFIER_GAP` filler words between them ("nude matte lipstick"; not "nude woman in heels",
+    not "nude, heels")."""
+    nouns = lexicon.modifiers.get(" ".join(tokens[hit.start:hit.end]))
+    if nouns is None:
+        return False
+    index = hit.end
+    while index < len(tokens) and index - hit.end < MODIFIER_GAP and tokens[index] in lexicon.modifier_fillers:
+        index += 1
+    if index >= len(tokens):
+        return False
+    noun = tokens[index]
+    return noun in nouns or (noun.endswith("s") and (noun[:-1] in nouns or (noun.endswith("es") and noun[:-2] in nouns)))
+
+
+def _annotate(hits: list[Hit], tokens: list[str], window: int, lexicon: Lexicon) -> None:
     negations = [hit for hit in hits if hit.has("negation") and hit.start >= 0]
     shields = [hit for hit in hits if hit.has("benign") or hit.has("allow")]
+    units = lexicon.units
     for hit in hits:
-        hit.benign = hit.has("benign") or (bool(units) and _after_number(tokens, hit, units))
+        hit.benign = (hit.has("benign") or (bool(units) and _after_number(tokens, hit, units))
+                      or (bool(lexicon.modifiers) and hit.start >= 0 and _modifies_benign_noun(tokens, hit, lexicon)))
         hit.allowed = hit.has("allow")
         for shield in shields:
             if _covers(shield, hit):
@@ -209,5 +237,5 @@ def scan_field(lexicon: Lexicon, prepared: PreparedText, field: str, *, negative
         hits += _run_hits(lexicon, prepared, field, negative)
     hits += _special_hits(lexicon, prepared, field, negative)
     if hits:
-        _annotate(hits, prepared.plain_tokens, negation_window, lexicon.units)
+        _annotate(hits, prepared.plain_tokens, negation_window, lexicon)
     return hits

@@ -257,3 +257,84 @@ def test_near_rules_need_two_slots(tmp_path) -> None:  # noqa: ANN001 - pytest f
         "rules:\n  - id: x.y\n    category: drugs\n    near: 1\n    all_of:\n      - [drug_use]\n", encoding="utf-8")
     with pytest.raises(ValueError, match="near"):
         load_lexicon(tmp_path)
+
+
+# --- shades, products, dishes and places that look like terms; caricature and trope rules ----------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "product photo of a nude matte lipstick on a beige background",  # a shade, fillers between
+        "pair of nude patent leather heels on a marble step",
+        "nude illusion mesh gown embroidered with crystals, red carpet",
+        "flat lay of a naked eyeshadow palette with brushes",
+        "chalkboard brunch menu: bottomless bloody marys and mimosas",
+        "a bottomless pit in a cave, torchlight",
+        "watercolor sunset, wet-on-wet bleeding colors",
+        "tattoo flash sheet with daggers, snakes and bleeding hearts",
+        "same-sex couple exchanging rings at their wedding",
+        "close-up of a sex on the beach cocktail with an orange slice",
+        "a corpse reviver in a chilled coupe glass",
+        "faggots and peas with onion gravy, Welsh comfort food",
+        "an MMA fighter locking in a rear naked choke",
+        "a sperm whale breaching off the Azores",
+        "the corpse flower blooming in a botanical garden",
+        "a cock pheasant strutting in a frosty field",
+        "the welcome sign to Intercourse, Pennsylvania",
+        "an iron maiden torture device in a museum display case",
+        "basket of wings, menu board listing suicide as the hottest sauce",
+        "gun safety instructions poster at a shooting range",  # a weapons safety context
+        "(((masterpiece))), (((best quality))), a castle at dawn",  # Stable Diffusion's emphasis
+        "an octopus at the aquarium, a jewish family watching",  # the trope needs its framing
+        "an asian grandmother with a big nose, laughing",  # a feature of another group's caricature
+        "a jewish shopkeeper counting money at the register",
+    ],
+)
+def test_shades_products_and_places_pass(prompt_filter: PromptFilter, text: str) -> None:
+    verdict = verdict_of(prompt_filter, text)
+    assert verdict.action is Action.ALLOW, verdict.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("a nude woman in heels", "sexual"),  # a person, not a shade, follows the term
+        ("nude, patent leather heels", "sexual"),  # punctuation ends the modifier
+        ("bottomless woman on a beach", "sexual"),
+        ("a man bleeding from the head, photoreal", "violence"),
+        ("same sex couple having sex", "sexual"),  # the phrase covers only its own word
+        ("grown man posing in the altogether on a beach", "sexual"),
+        ("tally marks on her forearm, pastel filter", "self_harm"),
+        ("ana buddy moodboard with a bathroom scale", "self_harm"),
+        ("cartoon of jews as an octopus gripping the globe", "hate"),
+        ("caricature of chinese people with buck teeth", "hate"),
+        ("caricatura de judios con narices enormes", "hate"),
+        ("Plakat, das Einwanderer als Ungeziefer zeigt", "hate"),
+        ("poster with 14 and 88 over a blond family", "hate"),
+        ("instructional illustration of sawing down a shotgun barrel", "weapons"),
+        ("lines on a mirror and a rolled bill in a club toilet", "drugs"),
+        ("pressed m30s next to a stack of cash", "drugs"),
+    ],
+)
+def test_lookalikes_with_the_real_thing_are_caught(prompt_filter: PromptFilter, text: str, category: str) -> None:
+    verdict = verdict_of(prompt_filter, text)
+    assert verdict.action is not Action.ALLOW and verdict.category == category, verdict.to_dict()
+
+
+def test_triple_parentheses_are_a_weak_hate_term(prompt_filter: PromptFilter) -> None:
+    alone = verdict_of(prompt_filter, "a banker named (((goldberg))) at his desk")
+    assert alone.action is Action.ALLOW
+    paired = verdict_of(prompt_filter, "a banker named (((goldberg))) pulling the strings of the media")
+    assert paired.action is Action.FLAG and paired.category == "hate", paired.to_dict()
+    assert any("triple parentheses" in reason.term for reason in paired.reasons)
+
+
+def test_benign_modifier_nouns_must_be_single_words(tmp_path) -> None:  # noqa: ANN001 - pytest fixture
+    from policies.prompt_lexicon import load_lexicon
+
+    (tmp_path / "en.yaml").write_text(
+        "language: en\nbenign_modifiers:\n  modifiers:\n    - terms: [nude]\n      nouns: [lip gloss]\n",
+        encoding="utf-8")
+    with pytest.raises(ValueError, match="one-word nouns"):
+        load_lexicon(tmp_path)
