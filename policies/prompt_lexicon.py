@@ -8,6 +8,8 @@ Lexicons are YAML data under `policies/data/prompt_lexicons/` (one file per lang
 - `skeletons`: the `skeleton` of each term -> tags, for tokens that look obfuscated;
 - `prefixes`: word prefixes ("kinderporn*") for compound-building languages;
 - `cjk`: one compiled regex for terms in scripts written without spaces (Japanese).
+- `modifiers`: terms that name a shade, a product or a dish before one of their nouns (the
+  `benign_modifiers` section: "nude matte lipstick"), for the matcher's benign annotation.
 
 A tag says what a term is: a category term at a tier ("sexual", "strong"), or a member of a named
 group used by phrase rules ("minor", "deceptive_framing", "negation", "benign" ...).
