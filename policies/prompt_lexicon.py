@@ -120,7 +120,7 @@ class Lexicon:
     #: Words that are units of measure right after a number ("5 kms"): a hit on one there is benign.
     units: frozenset[str] = frozenset()
     #: Terms that name a shade, a product or a dish when they modify one of their nouns ("nude
-    #: lipstick", "bottomless brunch"): term -> nouns. At most `MODIFIER_GAP` words of
+    #: lipstick", "bottomless brunch"): term -> nouns, plurals included. At most `MODIFIER_GAP` words of
     #: `modifier_fillers` (materials, finishes: "nude matte lipstick") may stand between them.
     modifiers: dict[str, frozenset[str]] = field(default_factory=dict)
     modifier_fillers: frozenset[str] = frozenset()
@@ -273,6 +273,7 @@ def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
         nouns = {normalise(str(noun), leet=False) for noun in entry.get("nouns") or ()}
         if not nouns or any(" " in noun for noun in nouns):
             raise ValueError(f"lexicon {language}: a benign modifier needs one-word nouns: {entry!r}")
+        nouns.update(plural for noun in list(nouns) for plural in _plural_forms(noun))
         for term in entry.get("terms") or ():
             modifiers.setdefault(normalise(str(term), leet=False), set()).update(nouns)
     for key, target in (("benign_context", benign_context), ("benign_words", benign_words)):

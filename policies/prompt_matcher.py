@@ -200,10 +200,7 @@ def _modifies_benign_noun(tokens: list[str], hit: Hit, lexicon: Lexicon) -> bool
     index = hit.end
     while index < len(tokens) and index - hit.end < MODIFIER_GAP and tokens[index] in lexicon.modifier_fillers:
         index += 1
-    if index >= len(tokens):
-        return False
-    noun = tokens[index]
-    return noun in nouns or (noun.endswith("s") and (noun[:-1] in nouns or (noun.endswith("es") and noun[:-2] in nouns)))
+    return index < len(tokens) and tokens[index] in nouns
 
 
 def _annotate(hits: list[Hit], tokens: list[str], window: int, lexicon: Lexicon) -> None:
