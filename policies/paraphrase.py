@@ -12,9 +12,10 @@ smooths away (5-fold cross-validation on the training prompts, `imagegate prompt
 --cv`: recall at 2% false positives 0.843 with them, 0.796 with the sentence embedding alone).
 
 Data. `policies/data/prompt_examples.yaml` is the reference bank of labelled examples (the 8 unsafe
-categories and harmless look-alikes); `policies/data/prompt_training.yaml` adds training prompts.
-The head, `policies/data/paraphrase_head.json`, is trained on both (`imagegate prompts train-head`,
-deterministic) and records a fingerprint of both files and the model name. A head whose fingerprint
+categories and harmless look-alikes); every `policies/data/prompt_training*.yaml` adds training
+prompts (`prompt_training.yaml`, and `prompt_training_pairs.yaml` with its minimal pairs). The head,
+`policies/data/paraphrase_head.json`, is trained on all of them (`imagegate prompts train-head`,
+deterministic) and records a fingerprint of the files and the model name. A head whose fingerprint
 does not match the current files is refused with `StaleParaphraseHead`, never used.
 
 Scoring. For a prompt the layer computes, against the reference bank, the mean cosine similarity
@@ -28,7 +29,7 @@ probabilities:
     score = 1 - P(safe)          category = the most probable unsafe category
 
 The filter reports the category when the score is at least the policy threshold (calibrated on the
-main split of tests/data/prompt_eval.jsonl: `imagegate prompts report --split main --calibrate`).
+harmless prompts of tests/data, every split but the unseen ones: `imagegate prompts report --calibrate`).
 While training, a bank example's features leave the example itself out.
 
 Without a head (a stand-in encoder, as in the tests) the score is the nearest-example score the
@@ -58,7 +59,7 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "EXAMPLES_PATH", "HEAD_PATH", "LAYERS", "MODEL_NAME", "TRAINING_PATH", "Example", "LayeredEncoder", "ParaphraseHead",
+    "EXAMPLES_PATH", "HEAD_PATH", "LAYERS", "MODEL_NAME", "TRAINING_GLOB", "Example", "LayeredEncoder", "ParaphraseHead",
     "ParaphraseMatch", "ParaphraseMatcher", "ParaphraseUnavailable", "StaleParaphraseHead",
     "cross_validate", "evaluation_overlap", "fit_head", "load_examples", "package_encoder", "train_head",
     "sentence_dim", "training_fingerprint", "training_paths",
@@ -66,7 +67,8 @@ __all__ = [
 
 DATA_DIR = Path(__file__).parent / "data"
 EXAMPLES_PATH = DATA_DIR / "prompt_examples.yaml"
-TRAINING_PATH = DATA_DIR / "prompt_training.yaml"
+#: The training files next to the bank, read in name order.
+TRAINING_GLOB = "prompt_training*.yaml"
 HEAD_PATH = DATA_DIR / "paraphrase_head.json"
 #: Transformer layers (of 6; 0 is the token embeddings) whose mean-pooled outputs the head reads
 #: besides the sentence embedding.
@@ -132,8 +134,9 @@ def load_examples(paths: Sequence[Path]) -> list[Example]:
 
 
 def training_paths(examples_path: Path = EXAMPLES_PATH) -> tuple[Path, ...]:
-    """The files the head is trained on: the reference bank, plus prompt_training.yaml if present."""
-    return (examples_path, *((TRAINING_PATH,) if TRAINING_PATH.exists() else ()))
+    """The files the head is trained on: the reference bank, then the `TRAINING_GLOB` files of the
+    data folder in name order."""
+    return (examples_path, *sorted(DATA_DIR.glob(TRAINING_GLOB)))
 
 
 def training_fingerprint(paths: Sequence[Path], model_name: str) -> str:
@@ -306,7 +309,7 @@ class ParaphraseHead:
                 f"and the current {', '.join(path.name for path in paths)} with {model_name} differ "
                 f"(fingerprint {self.fingerprint[:12]} != {current[:12]}). Retrain it with "
                 "`imagegate prompts train-head` (then recalibrate the threshold: "
-                "`imagegate prompts report --split main --calibrate`)."
+                "`imagegate prompts report --calibrate`)."
             )
 
 
@@ -504,7 +507,7 @@ class ParaphraseMatcher:
                  top_k: int = TOP_K, contrast: float = CONTRAST, head: ParaphraseHead | None = None,
                  training_files: Sequence[Path] | None = None) -> None:
         """`head`, if given, is checked against `training_files` (default: `examples_path` plus
-        prompt_training.yaml if present) and `model_name`; a stale head raises `StaleParaphraseHead`."""
+        the prompt_training*.yaml files) and `model_name`; a stale head raises `StaleParaphraseHead`."""
         import numpy as np
 
         if top_k < 1 or contrast < 0:

