@@ -24,11 +24,11 @@ CategoryAction = Literal["block", "flag", "allow"]
 #: Paraphrase score (the trained head's probability that the prompt is not safe, over the
 #: all-MiniLM-L6-v2 embedding, sentence and layers 3-5, and its similarities to the example bank;
 #: see policies/paraphrase.py) at or above which the paraphrase layer reports a category.
-#: Calibrated with `imagegate prompts report --calibrate`: of the 824 harmless prompts of tests/data
-#: (every split but the unseen ones) that the lexical layers allow, at most 0.5% score over it
-#: (the highest: 0.953). Retraining the head (`imagegate prompts train-head`) calls for
+#: Calibrated with `imagegate prompts report --calibrate`: of the 1,315 harmless prompts of tests/data
+#: (every split but the unseen ones) that the lexical layers allow, at most 1% score over it
+#: (the highest: 0.954). Retraining the head (`imagegate prompts train-head`) calls for
 #: recalibrating it.
-DEFAULT_PARAPHRASE_THRESHOLD = 0.82
+DEFAULT_PARAPHRASE_THRESHOLD = 0.80
 
 
 class ParaphraseSettings(BaseModel):
