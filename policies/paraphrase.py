@@ -8,8 +8,9 @@ dependency: importing this module works without it; `ParaphraseMatcher.from_pack
 embedding (the model's own: mean-pooled last layer, L2-normalised), which the similarities to the
 bank use, and the mean-pooled, normalised outputs of transformer layers 3, 4 and 5 (`LAYERS`),
 which only the head reads: the middle layers keep more of the wording that the last layer
-smooths away (5-fold cross-validation on the training prompts, `imagegate prompts train-head
---cv`: recall at 2% false positives 0.843 with them, 0.796 with the sentence embedding alone).
+smooths away (5-fold cross-validation, `imagegate prompts train-head --cv`, on the 2,600
+training prompts before prompt_training_pairs.yaml: recall at 2% false positives 0.843 with
+them, 0.796 with the sentence embedding alone).
 
 Data. `policies/data/prompt_examples.yaml` is the reference bank of labelled examples (the 8 unsafe
 categories and harmless look-alikes); every `policies/data/prompt_training*.yaml` adds training

@@ -19,8 +19,9 @@ from typing import Any
 
 from policies.decisions import Action
 from policies.prompt_filter import PromptFilter, PromptVerdict
+from policies.prompt_normalise import prepare
 
-__all__ = ["EvaluationReport", "calibrate_paraphrase_threshold", "evaluate"]
+__all__ = ["EvaluationReport", "calibrate_paraphrase_threshold", "evaluate", "paraphrase_safe_scores"]
 
 SAFE = "safe"
 
@@ -126,6 +127,15 @@ def evaluate(prompt_filter: PromptFilter, rows: Iterable[Mapping[str, Any]]) -> 
         if not detected or (label == "sexual_minors" and verdict.category != "sexual_minors"):
             report.misses.append({**row, "verdict": verdict.to_dict()})
     return report
+
+
+def paraphrase_safe_scores(lexical: PromptFilter, matcher: Any, prompts: Iterable[str]) -> list[float]:
+    """The paraphrase scores (`matcher`: a `policies.paraphrase.ParaphraseMatcher`) of the harmless
+    `prompts` that the lexical layers of `lexical` allow, each scored on the text the filter hands
+    the layer (the prompt as normalised, without leet folding): what `calibrate_paraphrase_threshold`
+    reads. 0.0 where no unsafe example won."""
+    allowed = [text for text in prompts if lexical.check_text(text).action is Action.ALLOW]
+    return [match.score if match else 0.0 for match in matcher.scores([prepare(text).plain for text in allowed])]
 
 
 def calibrate_paraphrase_threshold(

@@ -136,7 +136,12 @@ def run_check(args: argparse.Namespace) -> int:
 def calibration_pool(paths: list[Path]) -> list[dict[str, Any]]:
     """The harmless rows of `paths` that may be calibrated on: every split but `UNSEEN_SPLITS`."""
     return [row for path in paths if path.exists() for row in _load_rows(path)
-            if row["label"] == "safe" and str(row.get("split") or "main") not in UNSEEN_SPLITS]
+            if row["label"] == "safe" and _split_of(row) not in UNSEEN_SPLITS]
+
+
+def _split_of(row: dict[str, Any]) -> str:
+    """A labelled row's split: "main" for rows without one."""
+    return str(row.get("split") or "main")
 
 
 def _load_rows(path: Path, split: str | None = None) -> list[dict[str, Any]]:
@@ -144,11 +149,11 @@ def _load_rows(path: Path, split: str | None = None) -> list[dict[str, Any]]:
         rows = [json.loads(line) for line in handle if line.strip()]
     if split is None:
         return rows
-    return [row for row in rows if str(row.get("split") or "main") == split]
+    return [row for row in rows if _split_of(row) == split]
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from policies.prompt_evaluation import calibrate_paraphrase_threshold, evaluate
+    from policies.prompt_evaluation import calibrate_paraphrase_threshold, evaluate, paraphrase_safe_scores
 
     data = args.data or DEFAULT_DATA
     if not data.exists():
@@ -169,13 +174,9 @@ def run_report(args: argparse.Namespace) -> int:
             return 2
         if args.calibrate:
             pool = calibration_pool(args.calibration_data or [DEFAULT_DATA, FRESH_DATA])
-            lexical = PromptFilter(policy)
-            safe_rows = [row for row in pool if lexical.check_text(row["prompt"]).action.value == "allow"]
-            # the text the filter hands the layer: the prompt as normalised, without leet folding
-            matches = matcher.scores([prepare(str(row["prompt"])).plain for row in safe_rows])
-            safe_scores = [match.score if match else 0.0 for match in matches]
+            safe_scores = paraphrase_safe_scores(PromptFilter(policy), matcher, [str(row["prompt"]) for row in pool])
             threshold = calibrate_paraphrase_threshold(safe_scores, max_false_positive_rate=args.max_false_positive_rate)
-            print(f"calibrated paraphrase threshold: {threshold:.2f} (over {len(safe_rows)} harmless prompts the lexical "
+            print(f"calibrated paraphrase threshold: {threshold:.2f} (over {len(safe_scores)} harmless prompts the lexical "
                   f"layers allow, at most {args.max_false_positive_rate:.1%} flagged; the highest score "
                   f"{max(safe_scores, default=0.0):.3f})")
             policy = policy.model_copy(update={"paraphrase": policy.paraphrase.model_copy(

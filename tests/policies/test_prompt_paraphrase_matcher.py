@@ -14,10 +14,9 @@ import yaml
 
 from policies.decisions import Action
 from policies.paraphrase import CONTRAST, EXAMPLES_PATH, TOP_K, ParaphraseMatcher
-from policies.prompt_evaluation import calibrate_paraphrase_threshold
+from policies.prompt_evaluation import calibrate_paraphrase_threshold, paraphrase_safe_scores
 from policies.prompt_filter import PromptFilter
 from policies.prompt_lexicon import CATEGORIES
-from policies.prompt_normalise import prepare
 from policies.prompt_policy import DEFAULT_PARAPHRASE_THRESHOLD, ParaphraseSettings, PromptPolicy
 
 np = pytest.importorskip("numpy")
@@ -169,11 +168,8 @@ def test_default_threshold_is_calibrated_on_the_calibration_pool(real_matcher: P
     pool = calibration_pool([DEFAULT_DATA, FRESH_DATA])
     assert pool and not any(row.get("split") in UNSEEN_SPLITS or row["label"] != "safe" for row in pool)
     assert {row.get("split") or "main" for row in pool} >= {"main", "held_out", "fresh_dev_1", "fresh_dev_2"}
-    lexical = PromptFilter()
-    safe = [prepare(row["prompt"]).plain for row in pool if lexical.check_text(row["prompt"]).action is Action.ALLOW]
-    matches = real_matcher.scores(safe)
-    calibrated = calibrate_paraphrase_threshold([match.score if match else 0.0 for match in matches],
-                                                max_false_positive_rate=CALIBRATION_RATE)
+    scores = paraphrase_safe_scores(PromptFilter(), real_matcher, [row["prompt"] for row in pool])
+    calibrated = calibrate_paraphrase_threshold(scores, max_false_positive_rate=CALIBRATION_RATE)
     assert calibrated <= DEFAULT_PARAPHRASE_THRESHOLD, calibrated
     assert real_matcher.head is not None and real_matcher.head.top_k == TOP_K == 3  # calibrated with the head
     assert CONTRAST == 2.0
