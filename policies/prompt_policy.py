@@ -21,14 +21,13 @@ __all__ = ["CategoryAction", "ParaphraseSettings", "PromptPolicy", "DEFAULT_PARA
 
 CategoryAction = Literal["block", "flag", "allow"]
 
-#: Paraphrase score (the trained head's probability that the prompt is not safe, over the
-#: all-MiniLM-L6-v2 embedding, sentence and layers 3-5, and its similarities to the example bank;
-#: see policies/paraphrase.py) at or above which the paraphrase layer reports a category.
+#: Paraphrase score (the trained head's probability that the prompt is not safe: the classifier
+#: fine-tuned with the all-MiniLM-L6-v2 encoder's LoRA adapter; see policies/paraphrase.py) at or
+#: above which the paraphrase layer reports a category.
 #: Calibrated with `imagegate prompts report --calibrate`: of the 1,315 harmless prompts of tests/data
 #: (every split but the unseen ones) that the lexical layers allow, at most 1% score over it
-#: (the highest: 0.954). Retraining the head (`imagegate prompts train-head`) calls for
-#: recalibrating it.
-DEFAULT_PARAPHRASE_THRESHOLD = 0.80
+#: (the highest: 0.983). Retraining (`imagegate prompts train-head`) calls for recalibrating it.
+DEFAULT_PARAPHRASE_THRESHOLD = 0.87
 
 
 class ParaphraseSettings(BaseModel):

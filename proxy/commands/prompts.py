@@ -12,9 +12,11 @@
   of every split of the `--calibration-data` files (default: prompt_eval.jsonl and
   prompt_fresh.jsonl) except the unseen ones (`UNSEEN_SPLITS`), so that at most
   `--max-false-positive-rate` (default 1%) of those the lexical layers allow are flagged.
-- `imagegate prompts train-head [--output FILE] [--data FILE]... [--cv]` retrains the paraphrase
-  layer's classifier head (policies/paraphrase.py) on policies/data/prompt_examples.yaml and the
-  prompt_training*.yaml files, deterministically, and writes policies/data/paraphrase_head.json.
+- `imagegate prompts train-head [--output FILE] [--data FILE]... [--cv] [--adapter]` retrains the
+  paraphrase layer's classifier head (policies/paraphrase.py) on policies/data/prompt_examples.yaml
+  and the prompt_training*.yaml files, deterministically, and writes
+  policies/data/paraphrase_head.json; with `--adapter` it first fine-tunes the encoder's LoRA
+  adapter (policies/paraphrase_adapter.py, a few minutes on a CPU) on the same examples.
   Examples that repeat a prompt of the labelled sets (default: both files of tests/data, every
   split) by their words, or come within cosine similarity 0.9 of one, are left out and listed by id
   in the head; their texts are never printed.
@@ -83,6 +85,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="labelled set whose prompts are kept out of training, repeatable "
                             f"(default: {DEFAULT_DATA.name} and {FRESH_DATA.name} in {DEFAULT_DATA.parent})")
     train.add_argument("--cv", action="store_true", help="print 5-fold cross-validation figures first")
+    train.add_argument("--adapter-output", type=Path, default=None,
+                       help="where to write the encoder's LoRA adapter (default: the shipped one)")
+    train.add_argument("--frozen-encoder", action="store_true",
+                       help="no adapter: fit the head on the frozen encoder's features (the shipped adapter file is removed)")
     train.set_defaults(func=run_train_head)
 
 
@@ -226,25 +232,17 @@ def _print_report(report: Any, data: Path, prompt_filter: PromptFilter, split: s
 
 
 def run_train_head(args: argparse.Namespace) -> int:
-    import numpy as np
+    from policies.paraphrase import (ADAPTER_PATH, HEAD_PATH, MODEL_NAME, ParaphraseUnavailable, cross_validate,
+                                     evaluation_overlap, load_examples, package_encoder, sentence_dim, train_head,
+                                     training_fingerprint, training_paths)
 
-    from policies.paraphrase import (HEAD_PATH, MODEL_NAME, ParaphraseUnavailable, cross_validate, evaluation_overlap,
-                                     load_examples, package_encoder, sentence_dim, train_head, training_paths)
-
+    adapter_path = args.adapter_output or ADAPTER_PATH
     try:
-        encode = package_encoder()
+        base = package_encoder(adapter_path=None)
     except ParaphraseUnavailable as error:
         print(f"imagegate prompts train-head: {error}", file=sys.stderr)
         return 2
-    cache: dict[str, Any] = {}
-
-    def cached(texts: Any) -> Any:
-        missing = list(dict.fromkeys(text for text in texts if text not in cache))
-        if missing:
-            cache.update(zip(missing, encode(missing)))
-        return np.stack([cache[text] for text in texts])
-
-    cached.sentence_dim = sentence_dim(encode)  # type: ignore[attr-defined]
+    cached = _cached_encoder(base)
     paths = training_paths()
     examples = load_examples(paths)
     cached([example.text for example in examples])  # one pass, in file order: reproducible batches
@@ -261,14 +259,64 @@ def run_train_head(args: argparse.Namespace) -> int:
     kept = [example for example in examples if example.id not in excluded]
     if args.cv:
         vectors = cached([example.text for example in kept]).astype("float64")
-        for name, figures in cross_validate(vectors, kept, paths[0].name, width=sentence_dim(encode)).items():
+        for name, figures in cross_validate(vectors, kept, paths[0].name, width=sentence_dim(base)).items():
             print(f"5-fold cross-validation, {name:<17} ROC AUC {figures['auc']:.3f}, recall at 2% false "
-                  f"positives {figures['recall']:.3f}, category accuracy {figures['category_accuracy']:.3f}")
-    head = train_head(cached, paths, model_name=MODEL_NAME, exclude=excluded)
+                  f"positives {figures['recall']:.3f}, category accuracy {figures['category_accuracy']:.3f} "
+                  "(the head fitted on the frozen encoder, --frozen-encoder)")
     output = args.output or HEAD_PATH
+    if args.frozen_encoder:
+        head = train_head(cached, paths, model_name=MODEL_NAME, exclude=excluded)
+        if adapter_path.exists() and output == HEAD_PATH:
+            adapter_path.unlink()
+            print(f"removed {adapter_path}: the shipped head now reads the frozen encoder")
+    else:
+        head = _fine_tune_adapter(base, kept, paths, sorted(excluded), adapter_path)
     head.save(output)
     counts = ", ".join(f"{name} {count}" for name, count in head.counts)
-    print(f"wrote {output}: {MODEL_NAME}, trained on {' + '.join(head.files)} ({counts}), "
+    print(f"wrote {output}: {head.model_name}, trained on {' + '.join(head.files)} ({counts}), "
           f"fingerprint {head.fingerprint[:16]}, digest {head.digest[:16]}")
     print("recalibrate the threshold: imagegate prompts report --calibrate --paraphrase")
     return 0
+
+
+def _cached_encoder(encode: Any) -> Any:
+    """`encode` with a cache per text (training encodes the same examples more than once)."""
+    import numpy as np
+
+    from policies.paraphrase import sentence_dim
+
+    cache: dict[str, Any] = {}
+
+    def cached(texts: Any) -> Any:
+        missing = list(dict.fromkeys(text for text in texts if text not in cache))
+        if missing:
+            cache.update(zip(missing, encode(missing)))
+        return np.stack([cache[text] for text in texts])
+
+    cached.sentence_dim = sentence_dim(encode)  # type: ignore[attr-defined]
+    return cached
+
+
+def _fine_tune_adapter(base: Any, kept: list[Any], paths: Any, excluded: list[str], output: Path) -> Any:
+    """Fine-tune the encoder's adapter on `kept`, write it to `output`, and return the head its
+    classifier gives over the adapted encoder."""
+    from policies.paraphrase import MODEL_NAME, SAFE, load_examples, package_encoder, training_fingerprint
+    from policies.paraphrase_adapter import AdapterSettings, fine_tune
+
+    categories = list(dict.fromkeys(e.label for e in load_examples(paths[:1]) if e.label != SAFE))
+    classes = [SAFE, *categories]
+    settings = AdapterSettings()
+    print(f"fine-tuning the encoder's adapter on {len(kept)} examples: rank {settings.rank}, "
+          f"{settings.epochs} epochs (minutes on a CPU)", flush=True)
+    adapter = fine_tune(base.transformer, base.tokenizer, kept, classes, base_model=MODEL_NAME,
+                        fingerprint=training_fingerprint(paths, MODEL_NAME), files=[path.name for path in paths],
+                        excluded=excluded, settings=settings,
+                        progress=lambda epoch, loss: print(f"  epoch {epoch + 1}: training loss {loss:.4f}", flush=True))
+    saved = adapter.save(output)
+    print(f"wrote {output}: digest {saved.digest[:16]}")
+    encode = package_encoder(output)
+    feature_count = int(encode(["x"]).shape[1]) + 3 * len(classes) - 1  # see policies.paraphrase._features
+    labels = [example.label for example in kept]
+    return saved.head(feature_count, model_name=encode.model_name,
+                      fingerprint=training_fingerprint(paths, encode.model_name), files=[path.name for path in paths],
+                      counts=[(name, labels.count(name)) for name in classes])

@@ -14,7 +14,7 @@ import yaml
 from policies.decisions import Action
 from policies.paraphrase import (EXAMPLES_PATH, HEAD_PATH, LAYERS, MODEL_NAME, SAFE, ParaphraseHead, ParaphraseMatcher,
                                  StaleParaphraseHead, cross_validate, evaluation_overlap, load_examples,
-                                 text_key, train_head, training_paths)
+                                 shipped_model_name, text_key, train_head, training_paths)
 from policies.prompt_filter import PromptFilter
 from policies.prompt_lexicon import CATEGORIES
 from policies.prompt_policy import ParaphraseSettings, PromptPolicy
@@ -200,13 +200,16 @@ def test_shipped_head_matches_the_shipped_example_files() -> None:
     """Fails after any edit of prompt_examples.yaml or a prompt_training*.yaml file until the head is
     retrained: `imagegate prompts train-head` (then recalibrate the threshold)."""
     head = ParaphraseHead.load(HEAD_PATH)  # raises StaleParaphraseHead when it does not match
-    assert head.model_name == MODEL_NAME
+    # the encoder with the shipped LoRA adapter (policies/paraphrase_adapter.py) merged in
+    assert head.model_name == shipped_model_name() != MODEL_NAME and head.model_name.startswith(MODEL_NAME)
     assert head.files == tuple(path.name for path in training_paths())
     assert head.files == ("prompt_examples.yaml", "prompt_training.yaml", "prompt_training_pairs.yaml")
     bank = yaml.safe_load(EXAMPLES_PATH.read_text(encoding="utf-8"))
     assert head.classes == (SAFE, *bank["unsafe"]) and set(head.classes[1:]) == set(CATEGORIES)
     # the sentence embedding, then layers 3-5 mean-pooled, then the similarity features
     assert head.weights.shape == (384 * (1 + len(LAYERS)) + 3 * len(head.classes) - 1, len(head.classes))
+    # the adapter's classifier: the sentence embedding's columns only
+    assert np.abs(head.weights[:384]).max() > 0 and not head.weights[384:].any()
     assert HEAD_PATH.stat().st_size < 200_000
 
 

@@ -45,18 +45,20 @@ HELD_OUT_EUPHEMISM_FLOOR = 0.90
 HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.36
 #: The paraphrase layer (trained head, default threshold), per split, as measured by `imagegate
 #: prompts report --split NAME --paraphrase`: (euphemisms caught at least, harmless prompts flagged at
-#: most). Regression guards at the measured figures, not targets met. Since the head trained on
-#: prompt_training_pairs.yaml too, with its threshold calibrated on 1,315 harmless prompts (0.80):
-#: - main: 20/20 and 1/150 (0/150 with the earlier head at 0.96, calibrated on main alone).
-#: - held_out: 20/20 and 0/16 (was 1/16: "plumber fitting a copper pipe with end caps").
-#: - held_out_post: 20/20 and 1/12 (was 19/20 and 0/12).
-#: - held_out_blind: 59/74 (0.80) and 3/80 (0.0375), counts only (the earlier head: 58/74 and 3/80).
-#:   The nearest-example scoring before any head: 52/74 and 6/80. The issue's 0.90 and 2% are NOT met.
+#: most). Regression guards at the measured figures, not targets met. Since the encoder carries the
+#: LoRA adapter fine-tuned on the training prompts, its classifier the head, threshold 0.87
+#: (calibrated on 1,315 harmless prompts):
+#: - main: 20/20 and 2/150 (1/150 with the frozen-encoder head at 0.80).
+#: - held_out: 20/20 and 0/16 (unchanged).
+#: - held_out_post: 19/20 and 0/12 (was 20/20 and 1/12).
+#: - held_out_blind: 57/74 (0.77) and 2/80 (0.025), counts only (the frozen-encoder head: 59/74 and
+#:   3/80). The nearest-example scoring before any head: 52/74 and 6/80. The issue's 0.90 and 2% are
+#:   NOT met.
 PARAPHRASE_GUARDS = {
-    "main": (20, 1),
+    "main": (20, 2),
     "held_out": (20, 0),
-    "held_out_post": (20, 1),
-    "held_out_blind": (59, 3),
+    "held_out_post": (19, 0),
+    "held_out_blind": (57, 2),
 }
 
 
