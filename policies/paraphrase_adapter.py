@@ -92,7 +92,7 @@ class ParaphraseAdapter:
         return {"format": FORMAT, "base_model": self.base_model, "classes": list(self.classes), "settings": asdict(self.settings),
                 "targets": list(TARGETS), "fingerprint": self.fingerprint, "files": list(self.files),
                 "excluded": list(self.excluded), "losses": [round(value, 6) for value in self.losses],
-                "retrain": "imagegate prompts train-head --adapter"}
+                "retrain": "imagegate prompts train-head"}
 
     def to_bytes(self) -> bytes:
         """Deterministic: the same factors and metadata give the same bytes."""

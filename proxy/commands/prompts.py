@@ -12,11 +12,12 @@
   of every split of the `--calibration-data` files (default: prompt_eval.jsonl and
   prompt_fresh.jsonl) except the unseen ones (`UNSEEN_SPLITS`), so that at most
   `--max-false-positive-rate` (default 1%) of those the lexical layers allow are flagged.
-- `imagegate prompts train-head [--output FILE] [--data FILE]... [--cv] [--adapter]` retrains the
-  paraphrase layer's classifier head (policies/paraphrase.py) on policies/data/prompt_examples.yaml
-  and the prompt_training*.yaml files, deterministically, and writes
-  policies/data/paraphrase_head.json; with `--adapter` it first fine-tunes the encoder's LoRA
-  adapter (policies/paraphrase_adapter.py, a few minutes on a CPU) on the same examples.
+- `imagegate prompts train-head [--output FILE] [--data FILE]... [--cv] [--frozen-encoder]`
+  fine-tunes the paraphrase layer's encoder adapter and its classifier
+  (policies/paraphrase_adapter.py; seeded, about 8 minutes on 2 CPU cores) on
+  policies/data/prompt_examples.yaml and the prompt_training*.yaml files, and writes
+  policies/data/paraphrase_adapter.npz and the head, policies/data/paraphrase_head.json;
+  `--frozen-encoder` fits the older head over the frozen encoder instead (policies/paraphrase.py).
   Examples that repeat a prompt of the labelled sets (default: both files of tests/data, every
   split) by their words, or come within cosine similarity 0.9 of one, are left out and listed by id
   in the head; their texts are never printed.
@@ -234,7 +235,7 @@ def _print_report(report: Any, data: Path, prompt_filter: PromptFilter, split: s
 def run_train_head(args: argparse.Namespace) -> int:
     from policies.paraphrase import (ADAPTER_PATH, HEAD_PATH, MODEL_NAME, ParaphraseUnavailable, cross_validate,
                                      evaluation_overlap, load_examples, package_encoder, sentence_dim, train_head,
-                                     training_fingerprint, training_paths)
+                                     training_paths)
 
     adapter_path = args.adapter_output or ADAPTER_PATH
     try:
