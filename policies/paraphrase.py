@@ -67,7 +67,7 @@ __all__ = [
     "ADAPTER_PATH", "EXAMPLES_PATH", "HEAD_PATH", "LAYERS", "MODEL_NAME", "TRAINING_GLOB", "Example", "LayeredEncoder", "ParaphraseHead",
     "ParaphraseMatch", "ParaphraseMatcher", "ParaphraseUnavailable", "StaleParaphraseHead", "adapted_model_name",
     "shipped_model_name",
-    "cross_validate", "evaluation_overlap", "fit_head", "load_examples", "package_encoder", "train_head",
+    "cross_validate", "evaluation_overlap", "feature_count", "fit_head", "load_examples", "package_encoder", "train_head",
     "sentence_dim", "training_fingerprint", "training_paths",
 ]
 
@@ -235,6 +235,12 @@ class _Bank:
 
         k = min(self.top_k, matrix.shape[1])
         return np.partition(matrix, matrix.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+
+
+def feature_count(encoder_width: int, classes: int) -> int:
+    """How many features `_features` gives for rows `encoder_width` wide and a head of `classes`
+    classes (safe and the categories): the row, then 3 per category and 2 for the safe examples."""
+    return encoder_width + 3 * classes - 1
 
 
 def _features(vectors: Any, sims: dict[str, Any]) -> Any:
@@ -522,7 +528,6 @@ class LayeredEncoder:
         import numpy as np
         import torch
 
-        width = self.sentence_dim * (1 + len(self._layers))
         rows = []
         with torch.inference_mode():
             for start in range(0, len(texts), self._batch_size):
@@ -534,7 +539,12 @@ class LayeredEncoder:
                 pooled = [torch.nn.functional.normalize((hidden[index] * mask).sum(dim=1) / count, dim=1)
                           for index in (len(hidden) - 1, *self._layers)]
                 rows.append(torch.cat(pooled, dim=1).float().numpy())
-        return np.concatenate(rows) if rows else np.zeros((0, width), dtype="float32")
+        return np.concatenate(rows) if rows else np.zeros((0, self.width), dtype="float32")
+
+    @property
+    def width(self) -> int:
+        """Columns per row: the sentence embedding and one per layer in `layers`."""
+        return self.sentence_dim * (1 + len(self._layers))
 
 
 class ParaphraseMatcher:

@@ -89,8 +89,8 @@ class ParaphraseAdapter:
     digest: str = field(default="", compare=False)
 
     def _metadata(self) -> dict[str, Any]:
-        return {"format": FORMAT, "base_model": self.base_model, "classes": list(self.classes), "settings": asdict(self.settings),
-                "targets": list(TARGETS), "fingerprint": self.fingerprint, "files": list(self.files),
+        return {"format": FORMAT, "base_model": self.base_model, "classes": list(self.classes),
+                "settings": asdict(self.settings), "targets": list(TARGETS), "fingerprint": self.fingerprint, "files": list(self.files),
                 "excluded": list(self.excluded), "losses": [round(value, 6) for value in self.losses],
                 "retrain": "imagegate prompts train-head"}
 
@@ -123,8 +123,8 @@ class ParaphraseAdapter:
             count = sum(1 for name in data.files if name[0] == "a" and name[1:].isdigit())
             factors = tuple((data[f"a{i}"].astype("float32"), data[f"b{i}"].astype("float32")) for i in range(count))
             weight, bias = data["weight"].astype("float32"), data["bias"].astype("float32")
-        return cls(factors, tuple(metadata["classes"]), weight, bias, AdapterSettings(**metadata["settings"]), metadata["base_model"], metadata["fingerprint"],
-                   tuple(metadata["files"]), tuple(metadata["excluded"]), tuple(metadata["losses"]),
+        return cls(factors, tuple(metadata["classes"]), weight, bias, AdapterSettings(**metadata["settings"]),
+                   metadata["base_model"], metadata["fingerprint"], tuple(metadata["files"]), tuple(metadata["excluded"]), tuple(metadata["losses"]),
                    hashlib.sha256(raw).hexdigest())
 
     def apply(self, model: Any) -> Any:
@@ -200,7 +200,7 @@ def fine_tune(model: Any, tokenizer: Any, examples: Sequence[Example], classes: 
     generator = torch.Generator().manual_seed(settings.seed)
     order_rng = np.random.default_rng(settings.seed)
     modules = [(layer, target) for layer in model.encoder.layer for target in TARGETS]
-    originals = [layer.get_submodule(target) for layer, target in modules]
+    originals = _target_modules(model)  # in the same order
     wrappers = [_low_rank(base, settings.rank, settings.scale, generator) for base in originals]
     requires_grad = [parameter.requires_grad for parameter in model.parameters()]
     was_training = model.training

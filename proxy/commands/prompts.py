@@ -301,7 +301,8 @@ def _cached_encoder(encode: Any) -> Any:
 def _fine_tune_adapter(base: Any, kept: list[Any], paths: Any, excluded: list[str], output: Path) -> Any:
     """Fine-tune the encoder's adapter on `kept`, write it to `output`, and return the head its
     classifier gives over the adapted encoder."""
-    from policies.paraphrase import MODEL_NAME, SAFE, load_examples, package_encoder, training_fingerprint
+    from policies.paraphrase import (MODEL_NAME, SAFE, adapted_model_name, feature_count, load_examples,
+                                     training_fingerprint)
     from policies.paraphrase_adapter import AdapterSettings, fine_tune
 
     categories = list(dict.fromkeys(e.label for e in load_examples(paths[:1]) if e.label != SAFE))
@@ -315,9 +316,8 @@ def _fine_tune_adapter(base: Any, kept: list[Any], paths: Any, excluded: list[st
                         progress=lambda epoch, loss: print(f"  epoch {epoch + 1}: training loss {loss:.4f}", flush=True))
     saved = adapter.save(output)
     print(f"wrote {output}: digest {saved.digest[:16]}")
-    encode = package_encoder(output)
-    feature_count = int(encode(["x"]).shape[1]) + 3 * len(classes) - 1  # see policies.paraphrase._features
+    model_name = adapted_model_name(saved.digest)  # what package_encoder(output) names the adapted encoder
     labels = [example.label for example in kept]
-    return saved.head(feature_count, model_name=encode.model_name,
-                      fingerprint=training_fingerprint(paths, encode.model_name), files=[path.name for path in paths],
+    return saved.head(feature_count(base.width, len(classes)), model_name=model_name,
+                      fingerprint=training_fingerprint(paths, model_name), files=[path.name for path in paths],
                       counts=[(name, labels.count(name)) for name in classes])
