@@ -67,7 +67,7 @@ __all__ = [
     "ADAPTER_PATH", "EXAMPLES_PATH", "HEAD_PATH", "LAYERS", "MODEL_NAME", "TRAINING_GLOB", "Example", "LayeredEncoder", "ParaphraseHead",
     "ParaphraseMatch", "ParaphraseMatcher", "ParaphraseUnavailable", "StaleParaphraseHead", "adapted_model_name",
     "shipped_model_name",
-    "cross_validate", "evaluation_overlap", "feature_count", "fit_head", "load_examples", "package_encoder", "train_head",
+    "class_weights", "cross_validate", "evaluation_overlap", "feature_count", "fit_head", "load_examples", "package_encoder", "train_head",
     "sentence_dim", "training_fingerprint", "training_paths",
 ]
 
@@ -329,6 +329,19 @@ class ParaphraseHead:
             )
 
 
+def class_weights(target: Any, classes: Sequence[str], safe_share: float = SAFE_SHARE) -> Any:
+    """The weight of one example of each class, for examples of class indices `target`: the safe
+    examples weigh `safe_share` of the total, each unsafe class present an equal part of the rest.
+    What `fit_head` and the adapter's fine-tuning (`policies.paraphrase_adapter`) both weigh by."""
+    import numpy as np
+
+    counts = np.bincount(target, minlength=len(classes)).astype("float64")
+    present = int((counts > 0).sum())
+    share = np.where(np.arange(len(classes)) == list(classes).index(SAFE), safe_share,
+                     (1.0 - safe_share) / max(1, present - 1))
+    return share / np.maximum(counts, 1.0)
+
+
 def fit_head(features: Any, labels: Sequence[str], classes: Sequence[str], *, l2: float = L2,
              safe_share: float = SAFE_SHARE) -> tuple[Any, Any]:
     """Weights and bias of a multinomial logistic regression: weighted cross-entropy (safe
@@ -341,11 +354,7 @@ def fit_head(features: Any, labels: Sequence[str], classes: Sequence[str], *, l2
     features = np.asarray(features, dtype="float64")
     index = {name: i for i, name in enumerate(classes)}
     target = np.array([index[label] for label in labels])
-    counts = np.bincount(target, minlength=len(classes)).astype("float64")
-    present = counts > 0
-    share = np.where(np.arange(len(classes)) == index[SAFE], safe_share,
-                     (1.0 - safe_share) / max(1, int(present.sum()) - 1))
-    weight = (share / np.maximum(counts, 1.0))[target]
+    weight = class_weights(target, classes, safe_share)[target]
     weight /= weight.sum()
     onehot = np.eye(len(classes))[target]
     n_features, n_classes = features.shape[1], len(classes)

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.paraphrase import ADAPTER_PATH, SAFE, SAFE_SHARE, Example, ParaphraseHead
+from policies.paraphrase import ADAPTER_PATH, SAFE_SHARE, Example, ParaphraseHead, class_weights
 
 __all__ = ["ADAPTER_PATH", "TARGETS", "AdapterSettings", "ParaphraseAdapter", "fine_tune"]
 
@@ -142,7 +142,6 @@ class ParaphraseAdapter:
                 module.weight += self.settings.scale * (b @ a).to(module.weight.dtype)
         return model
 
-
     def head(self, feature_count: int, *, model_name: str, fingerprint: str, files: Sequence[str],
              counts: Sequence[tuple[str, int]] = ()) -> ParaphraseHead:
         """The classifier as a `ParaphraseHead` over the paraphrase layer's features, whose first
@@ -191,11 +190,7 @@ def fine_tune(model: Any, tokenizer: Any, examples: Sequence[Example], classes: 
     index = {name: i for i, name in enumerate(classes)}
     labels = np.array([index[example.label] for example in examples])
     texts = [example.text for example in examples]
-    counts = np.bincount(labels, minlength=len(classes)).astype("float64")
-    present = int((counts > 0).sum())
-    share = np.where(np.arange(len(classes)) == index[SAFE], settings.safe_share,
-                     (1.0 - settings.safe_share) / max(1, present - 1))
-    class_weight = torch.tensor(share / np.maximum(counts, 1.0), dtype=torch.float32)
+    class_weight = torch.tensor(class_weights(labels, classes, settings.safe_share), dtype=torch.float32)
 
     generator = torch.Generator().manual_seed(settings.seed)
     order_rng = np.random.default_rng(settings.seed)
