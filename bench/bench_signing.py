@@ -48,6 +48,7 @@ from provenance import (
     ensure_dev_credentials,
     load_signing_credentials,
 )
+from provenance.dev_credentials import DevAlgorithm
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
@@ -111,6 +112,12 @@ def info(seed: int = 0) -> ManifestInfo:
     )
 
 
+def dev_settings(keys_dir: Path, algorithm: DevAlgorithm) -> ProvenanceSettings:
+    """Settings that sign with a fresh development certificate of `algorithm` under `keys_dir`."""
+    dev = ensure_dev_credentials(keys_dir / algorithm, algorithm)
+    return ProvenanceSettings(cert_chain_file=dev.cert_chain_file, private_key_file=dev.private_key_file)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -121,17 +128,11 @@ def main() -> int:
     results: dict[str, Any] = {"size": args.size, "runs": args.runs, "formats": {}}
 
     with tempfile.TemporaryDirectory() as keys_dir:
-        dev = ensure_dev_credentials(Path(keys_dir) / "es256", "es256")
-        settings = ProvenanceSettings(
-            cert_chain_file=dev.cert_chain_file, private_key_file=dev.private_key_file
-        )
+        settings = dev_settings(Path(keys_dir), "es256")
         credentials = load_signing_credentials(settings)
         signer = ManifestSigner(credentials, settings)
         builder_signer = ManifestSigner(credentials, settings, data_hashed=False)
-        ed_dev = ensure_dev_credentials(Path(keys_dir) / "ed25519", "ed25519")
-        ed_settings = ProvenanceSettings(
-            cert_chain_file=ed_dev.cert_chain_file, private_key_file=ed_dev.private_key_file
-        )
+        ed_settings = dev_settings(Path(keys_dir), "ed25519")
         ed_signer = ManifestSigner(load_signing_credentials(ed_settings), ed_settings)
     pixels = generated_like(args.size, args.size, seed=0)  # the soak's generated-like image
     manifest_info = info()

@@ -189,21 +189,15 @@ def ensure_dev_credentials(directory: Path, algorithm: DevAlgorithm | None = Non
     found = _usable_dev_algorithm(paths, moment, algorithm) if root is not None else None
     if found is not None:
         return dataclasses.replace(paths, algorithm=found)
-    generated = generate_dev_chain(now=moment, root=root, algorithm=algorithm or "es256")
+    chosen: DevAlgorithm = algorithm or "es256"
+    generated = generate_dev_chain(now=moment, root=root, algorithm=chosen)
     directory.mkdir(parents=True, exist_ok=True)
     if root is None:
         _write(paths.root_ca_file, generated.root_ca_pem, private=False)
         _write(directory / DEV_ROOT_KEY_FILE, generated.root_key_pem, private=True)
     _write(paths.private_key_file, generated.key_pem, private=True)
     _write(paths.cert_chain_file, generated.chain_pem, private=False)
-    return DevCredentials(
-        directory=paths.directory,
-        root_ca_file=paths.root_ca_file,
-        cert_chain_file=paths.cert_chain_file,
-        private_key_file=paths.private_key_file,
-        created=True,
-        algorithm=algorithm or "es256",
-    )
+    return dataclasses.replace(paths, created=True, algorithm=chosen)
 
 
 def _load_dev_root(
