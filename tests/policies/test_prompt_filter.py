@@ -32,6 +32,7 @@ def verdict_of(prompt_filter: PromptFilter, text: str) -> PromptVerdict:
         "blood orange sorbet", "bath bomb recipe", "Al Gore giving a lecture", "summa cum laude diploma",
         "a glue gun", "the heroine of the novel", "a bottle of coke", "suicide prevention hotline poster",
         "anti-drug poster", "1024x1024 4k wallpaper of 3 cats", "Joe Biden giving a speech",
+        "une bouteille d'huile de ricin, photo produit",
         "textbook diagram of the penis and testicles, anatomical", "カロリーの高い食事", "裸足で歩く",
         "a peaceful landscape, no blood, no violence", "a kind woman, sexy red dress",
     ],
