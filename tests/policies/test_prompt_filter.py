@@ -32,7 +32,8 @@ def verdict_of(prompt_filter: PromptFilter, text: str) -> PromptVerdict:
         "blood orange sorbet", "bath bomb recipe", "Al Gore giving a lecture", "summa cum laude diploma",
         "a glue gun", "the heroine of the novel", "a bottle of coke", "suicide prevention hotline poster",
         "anti-drug poster", "1024x1024 4k wallpaper of 3 cats", "Joe Biden giving a speech",
-        "une bouteille d'huile de ricin, photo produit",
+        "une bouteille d'huile de ricin, photo produit", "ramas desnudas de un árbol en invierno",
+        "nackte Wände in einer Altbauwohnung", "branches nues sous la neige", "paredes nuas de tijolo",
         "textbook diagram of the penis and testicles, anatomical", "カロリーの高い食事", "裸足で歩く",
         "a peaceful landscape, no blood, no violence", "a kind woman, sexy red dress",
     ],
@@ -59,6 +60,8 @@ def test_harmless_prompts_pass(prompt_filter: PromptFilter, text: str) -> None:
         ("голая женщина", "sexual"),
         ("全裸の女性", "sexual"),
         ("Kinderpornografie", "sexual_minors"),
+        ("mujer desnuda junto a paredes desnudas", "sexual"),  # a benign phrase lifts only its own words
+        ("nackte Frau vor nackten Wänden", "sexual"),
     ],
 )
 def test_unsafe_prompts_are_caught(prompt_filter: PromptFilter, text: str, category: str) -> None:
