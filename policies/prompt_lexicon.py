@@ -9,7 +9,8 @@ Lexicons are YAML data under `policies/data/prompt_lexicons/` (one file per lang
 - `prefixes`: word prefixes ("kinderporn*") for compound-building languages;
 - `cjk`: one compiled regex for terms in scripts written without spaces (Japanese).
 - `modifiers`: terms that name a shade, a product or a dish before one of their nouns (the
-  `benign_modifiers` section: "nude matte lipstick"), for the matcher's benign annotation.
+  `benign_modifiers` section: "nude matte lipstick"), for the matcher's benign annotation;
+  `modifiers_after`, the same after their noun (`nouns_before`: "rouge a levres nude").
 
 A tag says what a term is: a category term at a tier ("sexual", "strong"), or a member of a named
 group used by phrase rules ("minor", "deceptive_framing", "negation", "benign" ...).
@@ -123,6 +124,9 @@ class Lexicon:
     #: lipstick", "bottomless brunch"): term -> nouns, plurals included. At most `MODIFIER_GAP` words of
     #: `modifier_fillers` (materials, finishes: "nude matte lipstick") may stand between them.
     modifiers: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: The same after their noun, in the word order of French, Spanish and Portuguese ("rouge à
+    #: lèvres nude", "batom nude"): term -> the nouns it may follow.
+    modifiers_after: dict[str, frozenset[str]] = field(default_factory=dict)
     modifier_fillers: frozenset[str] = frozenset()
     rules: tuple[PhraseRule, ...] = ()
     languages: tuple[str, ...] = ()
@@ -252,7 +256,8 @@ def _read_yaml(path: Path, *, terms: bool) -> dict[str, Any]:
 
 def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
                   benign_context: dict[str, set[str]], benign_words: dict[str, set[str]],
-                  units: set[str], modifiers: dict[str, set[str]], fillers: set[str]) -> None:
+                  units: set[str], modifiers: dict[str, set[str]], modifiers_after: dict[str, set[str]],
+                  fillers: set[str]) -> None:
     for category, tiers in (data.get("categories") or {}).items():
         if category not in CATEGORIES:
             raise ValueError(f"lexicon {language}: unknown category {category!r}")
@@ -270,12 +275,19 @@ def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
     section = data.get("benign_modifiers") or {}
     fillers.update(normalise(str(word), leet=False) for word in section.get("fillers") or ())
     for entry in section.get("modifiers") or ():
-        nouns = {normalise(str(noun), leet=False) for noun in entry.get("nouns") or ()}
-        if not nouns or any(" " in noun for noun in nouns):
+        found = False
+        for key, target in (("nouns", modifiers), ("nouns_before", modifiers_after)):
+            nouns = {normalise(str(noun), leet=False) for noun in entry.get(key) or ()}
+            if any(" " in noun for noun in nouns):
+                raise ValueError(f"lexicon {language}: a benign modifier needs one-word nouns: {entry!r}")
+            if not nouns:
+                continue
+            found = True
+            nouns.update(plural for noun in list(nouns) for plural in _plural_forms(noun))
+            for term in entry.get("terms") or ():
+                target.setdefault(normalise(str(term), leet=False), set()).update(nouns)
+        if not found:
             raise ValueError(f"lexicon {language}: a benign modifier needs one-word nouns: {entry!r}")
-        nouns.update(plural for noun in list(nouns) for plural in _plural_forms(noun))
-        for term in entry.get("terms") or ():
-            modifiers.setdefault(normalise(str(term), leet=False), set()).update(nouns)
     for key, target in (("benign_context", benign_context), ("benign_words", benign_words)):
         for category, cues in (data.get(key) or {}).items():
             target.setdefault(category, set()).update(normalise(str(cue), leet=False) for cue in cues or ())
@@ -315,6 +327,7 @@ def load_lexicon(
     benign_words: dict[str, set[str]] = {}
     units: set[str] = set()
     modifiers: dict[str, set[str]] = {}
+    modifiers_after: dict[str, set[str]] = {}
     fillers: set[str] = set()
     languages = []
     digest = hashlib.sha256()
@@ -328,7 +341,8 @@ def load_lexicon(
         data = _read_yaml(path, terms=True)
         language = str(data.get("language", path.stem))
         languages.append(language)
-        _add_language(builder, data, language, benign_context, benign_words, units, modifiers, fillers)
+        _add_language(builder, data, language, benign_context, benign_words, units, modifiers, modifiers_after,
+                      fillers)
     tenant = {"extra_terms": {}, "allow_terms": []}
     for category, terms in sorted((extra_terms or {}).items()):
         terms = sorted(str(term) for term in terms)
@@ -344,6 +358,7 @@ def load_lexicon(
         benign_words={key: frozenset(value) for key, value in benign_words.items()},
         units=frozenset(units),
         modifiers={term: frozenset(nouns) for term, nouns in modifiers.items()},
+        modifiers_after={term: frozenset(nouns) for term, nouns in modifiers_after.items()},
         modifier_fillers=frozenset(fillers),
         rules=rules,
         languages=tuple(languages),

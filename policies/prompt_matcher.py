@@ -191,16 +191,24 @@ def _after_number(tokens: list[str], hit: Hit, units: frozenset[str]) -> bool:
 
 
 def _modifies_benign_noun(tokens: list[str], hit: Hit, lexicon: Lexicon) -> bool:
-    """A hit that is a benign modifier right before one of its nouns, with at most
-    `MODIFIER_GAP` filler words between them ("nude matte lipstick"; not "nude woman in heels",
-    not "nude, heels")."""
-    nouns = lexicon.modifiers.get(" ".join(tokens[hit.start:hit.end]))
-    if nouns is None:
-        return False
-    index = hit.end
-    while index < len(tokens) and index - hit.end < MODIFIER_GAP and tokens[index] in lexicon.modifier_fillers:
-        index += 1
-    return index < len(tokens) and tokens[index] in nouns
+    """A hit that is a benign modifier right before one of its nouns, or right after one of its
+    `nouns_before` ("rouge a levres nude"), with at most `MODIFIER_GAP` filler words between them
+    ("nude matte lipstick"; not "nude woman in heels", not "nude, heels")."""
+    term = " ".join(tokens[hit.start:hit.end])
+    nouns = lexicon.modifiers.get(term)
+    if nouns is not None:
+        index = hit.end
+        while index < len(tokens) and index - hit.end < MODIFIER_GAP and tokens[index] in lexicon.modifier_fillers:
+            index += 1
+        if index < len(tokens) and tokens[index] in nouns:
+            return True
+    nouns = lexicon.modifiers_after.get(term)
+    if nouns is not None:
+        index = hit.start - 1
+        while index >= 0 and hit.start - 1 - index < MODIFIER_GAP and tokens[index] in lexicon.modifier_fillers:
+            index -= 1
+        return index >= 0 and tokens[index] in nouns
+    return False
 
 
 def _annotate(hits: list[Hit], tokens: list[str], window: int, lexicon: Lexicon) -> None:
@@ -209,7 +217,8 @@ def _annotate(hits: list[Hit], tokens: list[str], window: int, lexicon: Lexicon)
     units = lexicon.units
     for hit in hits:
         hit.benign = (hit.has("benign") or (bool(units) and _after_number(tokens, hit, units))
-                      or (bool(lexicon.modifiers) and hit.start >= 0 and _modifies_benign_noun(tokens, hit, lexicon)))
+                      or ((bool(lexicon.modifiers) or bool(lexicon.modifiers_after)) and hit.start >= 0
+                          and _modifies_benign_noun(tokens, hit, lexicon)))
         hit.allowed = hit.has("allow")
         for shield in shields:
             if _covers(shield, hit):

@@ -213,6 +213,8 @@ def test_empty_and_odd_inputs(prompt_filter: PromptFilter) -> None:
         # look-alikes of the shades, dishes and places below, with the real thing
         ("a nude woman in heels", "sexual"),  # a person, not a shade, follows the term
         ("nude, patent leather heels", "sexual"),  # punctuation ends the modifier
+        ("femme nude sur la plage", "sexual"),  # after a person, not one of its nouns
+        ("labial, nude", "sexual"),  # punctuation ends it in the other word order too
         ("bottomless woman on a beach", "sexual"),
         ("a man bleeding from the head, photoreal", "violence"),
         ("same sex couple having sex", "sexual"),  # the phrase covers only its own word
@@ -302,6 +304,9 @@ def test_euphemism_families_are_caught(prompt_filter: PromptFilter, text: str, c
         "Judith Beheading Holofernes by Artemisia Gentileschi on a museum wall",
         "the Memorial to the Murdered Jews of Europe in Berlin, overcast", "stone cottages in Lower Slaughter",
         "Welsh faggots with mushy peas on a pub table",
+        # shades after their noun, in French, Spanish and Portuguese word order
+        "un rouge à lèvres nude mat, swatch sur le dos de la main", "vernis à ongles nude, photo produit",
+        "labial nude mate sobre fondo beige", "batom nude e esmalte nude, flat lay",
     ],
 )
 def test_euphemism_families_spare_ordinary_words(prompt_filter: PromptFilter, text: str) -> None:
@@ -335,5 +340,14 @@ def test_benign_modifier_nouns_must_be_single_words(tmp_path) -> None:  # noqa: 
     (tmp_path / "en.yaml").write_text(
         "language: en\nbenign_modifiers:\n  modifiers:\n    - terms: [nude]\n      nouns: [lip gloss]\n",
         encoding="utf-8")
+    with pytest.raises(ValueError, match="one-word nouns"):
+        load_lexicon(tmp_path)
+    (tmp_path / "en.yaml").write_text(
+        "language: en\nbenign_modifiers:\n  modifiers:\n    - terms: [nude]\n      nouns_before: [rouge a levres]\n",
+        encoding="utf-8")
+    with pytest.raises(ValueError, match="one-word nouns"):
+        load_lexicon(tmp_path)
+    (tmp_path / "en.yaml").write_text("language: en\nbenign_modifiers:\n  modifiers:\n    - terms: [nude]\n",
+                                      encoding="utf-8")
     with pytest.raises(ValueError, match="one-word nouns"):
         load_lexicon(tmp_path)
