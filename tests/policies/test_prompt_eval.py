@@ -48,18 +48,19 @@ HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.56
 #: The paraphrase layer (trained head, default threshold), per split, as measured by `imagegate
 #: prompts report --split NAME --paraphrase`: (euphemisms caught at least, harmless prompts flagged at
 #: most). Regression guards at the measured figures, not targets met. Since the encoder carries the
-#: LoRA adapter fine-tuned on the training prompts, its classifier the head, threshold 0.87
-#: (calibrated on 1,315 harmless prompts):
-#: - main: 20/20 and 2/150 (1/150 with the frozen-encoder head at 0.80).
+#: LoRA adapter fine-tuned on the training prompts, its classifier the head, threshold 0.88
+#: (calibrated on 1,316 harmless prompts; 0.87 on 1,315 before a French shade left the lexical
+#: layers' false positives), with the scene rules of the lexical layers:
+#: - main: 20/20 and 1/150 (2/150 at 0.87 before the scene rules; 1/150 with the frozen-encoder head).
 #: - held_out: 20/20 and 0/16 (unchanged).
-#: - held_out_post: 19/20 and 0/12 (was 20/20 and 1/12).
+#: - held_out_post: 20/20 and 0/12 (19/20 before the scene rules).
 #: - held_out_blind: 62/74 (0.84) and 2/80 (0.025), counts only, since the scene rules of the
 #:   lexical layers (57/74 before them; the frozen-encoder head: 59/74 and 3/80; the nearest-example
 #:   scoring before any head: 52/74 and 6/80). The issue's 0.90 and 2% are NOT met.
 PARAPHRASE_GUARDS = {
-    "main": (20, 2),
+    "main": (20, 1),
     "held_out": (20, 0),
-    "held_out_post": (19, 0),
+    "held_out_post": (20, 0),
     "held_out_blind": (62, 2),
 }
 
