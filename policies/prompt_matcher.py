@@ -195,20 +195,20 @@ def _modifies_benign_noun(tokens: list[str], hit: Hit, lexicon: Lexicon) -> bool
     `nouns_before` ("rouge a levres nude"), with at most `MODIFIER_GAP` filler words between them
     ("nude matte lipstick"; not "nude woman in heels", not "nude, heels")."""
     term = " ".join(tokens[hit.start:hit.end])
-    nouns = lexicon.modifiers.get(term)
-    if nouns is not None:
-        index = hit.end
-        while index < len(tokens) and index - hit.end < MODIFIER_GAP and tokens[index] in lexicon.modifier_fillers:
-            index += 1
-        if index < len(tokens) and tokens[index] in nouns:
-            return True
-    nouns = lexicon.modifiers_after.get(term)
-    if nouns is not None:
-        index = hit.start - 1
-        while index >= 0 and hit.start - 1 - index < MODIFIER_GAP and tokens[index] in lexicon.modifier_fillers:
-            index -= 1
-        return index >= 0 and tokens[index] in nouns
-    return False
+    following, preceding = lexicon.modifiers.get(term), lexicon.modifiers_after.get(term)
+    return ((following is not None and _noun_past_fillers(tokens, hit.end, 1, following, lexicon.modifier_fillers))
+            or (preceding is not None
+                and _noun_past_fillers(tokens, hit.start - 1, -1, preceding, lexicon.modifier_fillers)))
+
+
+def _noun_past_fillers(tokens: list[str], index: int, step: int, nouns: frozenset[str],
+                       fillers: frozenset[str]) -> bool:
+    """Whether, walking from `index` by `step` (1: forward, -1: backward), at most `MODIFIER_GAP`
+    filler words lead to one of `nouns`."""
+    start = index
+    while 0 <= index < len(tokens) and abs(index - start) < MODIFIER_GAP and tokens[index] in fillers:
+        index += step
+    return 0 <= index < len(tokens) and tokens[index] in nouns
 
 
 def _annotate(hits: list[Hit], tokens: list[str], window: int, lexicon: Lexicon) -> None:
