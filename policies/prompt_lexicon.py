@@ -185,8 +185,14 @@ class _Builder:
             self._put(self.cjk, term, Tag(name, tier, language, term))
             self.count += 1
             return
-        tokens = [token for token in tokenise(normalise(text, leet=False)) if token.isalnum() or "_" in token]
-        if not tokens:
+        # A benign phrase may keep its commas ("intercourse, pennsylvania"): the place name is written
+        # with one, and a bare word of it must stay a term. Category terms never span punctuation.
+        keep = {","} if name == "benign" else set()
+        tokens = [token for token in tokenise(normalise(text, leet=False))
+                  if token.isalnum() or "_" in token or token in keep]
+        while tokens and tokens[-1] in keep:
+            tokens.pop()
+        if not tokens or tokens[0] in keep:
             return
         term = " ".join(tokens)
         tag = Tag(name, tier, language, term)

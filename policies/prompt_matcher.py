@@ -93,7 +93,7 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
             key = token
             for stop in range(index + 2, min(count, index + max_ngram) + 1):
                 following = tokens[stop - 1]
-                if not (following[0].isalnum() or following[0] == "_"):
+                if not (following[0].isalnum() or following[0] == "_" or following == ","):
                     break
                 key = f"{key} {following}"
                 tags = exact.get(key)
@@ -104,7 +104,7 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
         elif token in ngram_heads or (alternate is not None and alternate in ngram_heads):
             for length in range(2, max_ngram + 1):
                 stop = index + length
-                if stop > count or not _is_word(tokens[stop - 1]):
+                if stop > count or not (_is_word(tokens[stop - 1]) or tokens[stop - 1] == ","):
                     break
                 key = " ".join(tokens[index:stop])
                 tags = exact.get(key)

@@ -351,3 +351,21 @@ def test_benign_modifier_nouns_must_be_single_words(tmp_path) -> None:  # noqa: 
                                       encoding="utf-8")
     with pytest.raises(ValueError, match="one-word nouns"):
         load_lexicon(tmp_path)
+
+
+def test_no_benign_phrase_is_a_bare_category_term(prompt_filter: PromptFilter) -> None:
+    """A benign phrase that is exactly a category term switches that term off everywhere. That
+    happened once by accident: "intercourse , pennsylvania" in a YAML flow list is two items, and
+    the bare "intercourse" became benign, so "a couple having intercourse" passed."""
+    shadowed = {key: [(tag.name, tag.tier) for tag in tags if tag.tier is not None]
+                for key, tags in prompt_filter.lexicon.exact.items()
+                if any(tag.name == "benign" for tag in tags) and any(tag.tier is not None for tag in tags)}
+    assert not shadowed, shadowed
+
+
+def test_benign_place_names_may_be_written_with_a_comma(prompt_filter: PromptFilter) -> None:
+    for text in ("Amish buggy passing the welcome sign of Intercourse, Pennsylvania",
+                 "Intercourse Pennsylvania quilt shop", "Dildo, Newfoundland: saltbox houses around the harbour"):
+        assert verdict_of(prompt_filter, text).action is Action.ALLOW, text
+    for text in ("adult couple having intercourse", "intercourse, then pennsylvania", "a dildo on the bed"):
+        assert verdict_of(prompt_filter, text).category == "sexual", text
