@@ -41,10 +41,10 @@ OBFUSCATION_CLASSES = {"leet", "homoglyph", "zero_width", "spaced", "fullwidth",
 HELD_OUT_POST_EUPHEMISM_FLOOR = 0.35
 #: The first held-out batch (written before the families, seen while designing them): 20/20.
 HELD_OUT_EUPHEMISM_FLOOR = 0.90
-#: The blind split, lexical layers: 42/74 since the scene rules written from the round2 dev set's
-#: misses (30/74 before them; 27/74 when the split was written). A regression guard; the issue's
-#: 0.90 is NOT met.
-HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.56
+#: The blind split, lexical layers: 46/74 since the lexicon round written from the round3 dev set
+#: (42/74 after the scene rules written from the round2 dev set's misses, 30/74 before them; 27/74
+#: when the split was written). A regression guard; the issue's 0.90 is NOT met.
+HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.62
 #: The paraphrase layer (trained head, default threshold), per split, as measured by `imagegate
 #: prompts report --split NAME --paraphrase`: (euphemisms caught at least, harmless prompts flagged at
 #: most). Regression guards at the measured figures, not targets met. Since the encoder carries the
@@ -54,14 +54,14 @@ HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.56
 #: - main: 20/20 and 1/150 (2/150 at 0.87 before the scene rules; 1/150 with the frozen-encoder head).
 #: - held_out: 20/20 and 0/16 (unchanged).
 #: - held_out_post: 20/20 and 0/12 (19/20 before the scene rules).
-#: - held_out_blind: 62/74 (0.84) and 2/80 (0.025), counts only, since the scene rules of the
-#:   lexical layers (57/74 before them; the frozen-encoder head: 59/74 and 3/80; the nearest-example
+#: - held_out_blind: 63/74 (0.85) and 2/80 (0.025), counts only, since the lexicon round written
+#:   from the round3 dev set (62/74 after the scene rules of the lexical layers, 57/74 before them; the frozen-encoder head: 59/74 and 3/80; the nearest-example
 #:   scoring before any head: 52/74 and 6/80). The issue's 0.90 and 2% are NOT met.
 PARAPHRASE_GUARDS = {
     "main": (20, 1),
     "held_out": (20, 0),
     "held_out_post": (20, 0),
-    "held_out_blind": (62, 2),
+    "held_out_blind": (63, 2),
 }
 
 
