@@ -49,8 +49,9 @@ HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.62
 #: prompts report --split NAME --paraphrase`: (euphemisms caught at least, harmless prompts flagged at
 #: most). Regression guards at the measured figures, not targets met. Since the encoder carries the
 #: LoRA adapter fine-tuned on the training prompts, its classifier the head, threshold 0.88
-#: (calibrated on 1,326 harmless prompts, 1,316 before the third lexicon round; 0.87 on 1,315 before a French shade left the lexical
-#: layers' false positives), with the scene rules of the lexical layers:
+#: (calibrated on 1,326 harmless prompts, 1,316 before the third lexicon round; 0.87 on 1,315
+#: before a French shade left the lexical layers' false positives), with the scene rules of the
+#: lexical layers:
 #: - main: 20/20 and 1/150 (2/150 at 0.87 before the scene rules; 1/150 with the frozen-encoder head).
 #: - held_out: 20/20 and 0/16 (unchanged).
 #: - held_out_post: 20/20 and 0/12 (19/20 before the scene rules).
