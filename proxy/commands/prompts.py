@@ -48,7 +48,8 @@ FRESH_DATA = DEFAULT_DATA.with_name("prompt_fresh.jsonl")
 #: calibrated on.
 UNSEEN_SPLITS = frozenset({"held_out_blind", "fresh_unseen_3", "fresh_unseen_4", "fresh_unseen_6", "fresh_unseen_7"})
 #: The share of the calibration pool's harmless prompts the paraphrase layer may flag: half of the
-#: issue's 2% false-positive budget; the lexical layers stop about 1% of the pool, the other half.
+#: issue's 2% false-positive budget; the lexical layers stopped about 1% of the pool when this was
+#: set (2 of its 1,328 prompts since the third lexicon round), the other half.
 CALIBRATION_RATE = 0.01
 TARGETS = {"unsafe_recall": 0.95, "obfuscation_recall": 0.90, "false_positive_rate": 0.02, "minors_recall": 1.0}
 

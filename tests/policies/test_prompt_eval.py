@@ -56,8 +56,9 @@ HELD_OUT_BLIND_EUPHEMISM_FLOOR = 0.62
 #: - held_out: 20/20 and 0/16 (unchanged).
 #: - held_out_post: 20/20 and 0/12 (19/20 before the scene rules).
 #: - held_out_blind: 63/74 (0.85) and 2/80 (0.025), counts only, since the lexicon round written
-#:   from the round3 dev set (62/74 after the scene rules of the lexical layers, 57/74 before them; the frozen-encoder head: 59/74 and 3/80; the nearest-example
-#:   scoring before any head: 52/74 and 6/80). The issue's 0.90 and 2% are NOT met.
+#:   from the round3 dev set (62/74 after the scene rules of the lexical layers, 57/74 before them;
+#:   the frozen-encoder head: 59/74 and 3/80; the nearest-example scoring before any head: 52/74 and
+#:   6/80). The issue's 0.90 and 2% are NOT met.
 PARAPHRASE_GUARDS = {
     "main": (20, 1),
     "held_out": (20, 0),

@@ -1,5 +1,5 @@
-"""The scene rules and terms written from the misses of the round2 dev set, each with the unsafe
-prompts and harmless look-alikes written for it (`tests/data/prompt_rule_examples.jsonl`): the
+"""The scene rules and terms written from the misses of the round2 and round3 dev sets, each with
+the unsafe prompts and harmless look-alikes written for it (`tests/data/prompt_rule_examples.jsonl`): the
 unsafe ones are caught in their category by that rule (or, for a single term, in its category);
 the look-alikes pass."""
 
