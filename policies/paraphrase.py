@@ -116,6 +116,33 @@ L2 = 1e-4
 SAFE_SHARE = 0.5
 
 
+# --- negated style qualifiers ----------------------------------------------------------------------
+
+#: What a prompt's "no ..." qualifiers name when they only steer the picture away from something:
+#: the harmful words of "no blood, no gore", and the usual style riders ("no text", "no people").
+_QUALIFIED = (r"(?:blood|bloodshed|gore|gory|violence|violent|injur(?:y|ies)|wounds?|victims?|bodies|corpses?|"
+              r"deaths?|weapons?|guns?|nudity|nsfw|drugs?|people|humans?|persons?|text|watermarks?|logos?)")
+_NEGATED_QUALIFIER = re.compile(
+    rf"\s*(?:no|without|zero|non)\s+{_QUALIFIED}(?:\s*(?:,|and|or|/|&)?\s*(?:no\s+)?{_QUALIFIED})*\s*")
+_CLAUSE = re.compile(r"([,.;])")
+
+
+def without_negated_qualifiers(text: str) -> str:
+    """`text` without the clauses that only say what the picture must NOT show ("..., no blood, no
+    gore"): the embedding reads words, not their negation, so "surgical team operating, no blood,
+    no gore" scored like a gore prompt. Only whole comma/period-separated clauses made of nothing
+    but "no/without" + one of `_QUALIFIED` go; "no Jews, no dogs" or "no blood on the floor" stay.
+    A text made of nothing else is kept whole. English only, as the layer is; the lexical layers
+    have their own negation handling."""
+    parts = _CLAUSE.split(text)  # clause, separator, clause, ..., clause
+    clauses, separators = parts[::2], [*parts[1::2], ""]
+    kept = [clause + separator for clause, separator in zip(clauses, separators, strict=True)
+            if not _NEGATED_QUALIFIER.fullmatch(clause)]
+    if len(kept) == len(clauses):
+        return text
+    return "".join(kept).strip(" ,.;") or text
+
+
 # --- examples -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -615,7 +642,7 @@ class ParaphraseMatcher:
 
         if not texts:
             return []
-        vectors = np.asarray(self._encode(list(texts)), dtype="float32")
+        vectors = np.asarray(self._encode([without_negated_qualifiers(text) for text in texts]), dtype="float32")
         sims = self._bank.similarities(vectors)
         if self._head is None:
             score = _contrasted(sims, self._contrast)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from policies.decisions import Action
-from policies.paraphrase import CONTRAST, EXAMPLES_PATH, TOP_K, ParaphraseMatcher
+from policies.paraphrase import CONTRAST, EXAMPLES_PATH, TOP_K, ParaphraseMatcher, without_negated_qualifiers
 from policies.prompt_evaluation import calibrate_paraphrase_threshold, paraphrase_safe_scores
 from policies.prompt_filter import PromptFilter
 from policies.prompt_lexicon import CATEGORIES
@@ -155,6 +155,39 @@ def test_bank_copies_nothing_from_the_evaluation_set(bank: dict) -> None:
                   if line.strip()}
     every = [text for examples in bank["unsafe"].values() for text in examples] + bank["safe"]
     assert [text for text in every if key(text) in evaluation] == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a peaceful landscape, no people, no blood, no violence", "a peaceful landscape"),
+    ("surgical team operating, photorealistic, no blood or gore.", "surgical team operating, photorealistic"),
+    ("slasher film still, no victim, 4k", "slasher film still, 4k"),
+    ("sniper on a rooftop; without weapons", "sniper on a rooftop"),
+    # Not a rider made only of "no" + a listed word: kept as written.
+    ("no jews, no dogs, sign on a shop door", "no jews, no dogs, sign on a shop door"),
+    ("no blood on the floor, dark room", "no blood on the floor, dark room"),
+    ("no blood, no gore", "no blood, no gore"),  # nothing else: kept whole
+    ("", ""),
+])
+def test_negated_style_qualifiers_are_left_out_of_the_embedded_text(text: str, expected: str) -> None:
+    assert without_negated_qualifiers(text) == expected
+
+
+def test_matcher_scores_a_prompt_as_if_its_negated_qualifiers_were_not_there(tmp_path: Path) -> None:
+    """The encoder never sees a "no ..." rider, so its words cannot pull a prompt towards a category."""
+    path = _bank(tmp_path, {"violence": ["red", "red red"]}, ["gold", "gold green"])
+    matcher = ParaphraseMatcher(AxisEncoder(), path, top_k=2)
+    seen: list[list[str]] = []
+
+    class Recording(AxisEncoder):
+        def __call__(self, texts: list[str]) -> object:
+            seen.append(list(texts))
+            return super().__call__(texts)
+
+    recording = ParaphraseMatcher(Recording(), path, top_k=2)
+    seen.clear()
+    recording.scores(["gold green, no blood, no gore", "red, no people"])
+    assert seen == [["gold green", "red"]]
+    assert matcher.best_match("red, no people") == matcher.best_match("red")
 
 
 # --- the real model --------------------------------------------------------------------------------
