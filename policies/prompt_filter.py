@@ -154,10 +154,13 @@ class _CueSet:
         self.phrases = re.compile("|".join(map(re.escape, phrases))) if phrases else None
         self.unspaced = tuple(cue for cue in cues if _UNSPACED_SCRIPT.search(cue))
 
-    def present(self, tokens: frozenset[str], plain: str) -> bool:
+    def present(self, tokens: frozenset[str], plain: str, spaced: str) -> bool:
+        """`spaced` is the field's tokens joined by single spaces and padded with one, so that a
+        phrase cue is found next to punctuation ("anatomy diagram, labelled") and across a
+        hyphen ("first-aid kit"), as the lexicon's own phrases are."""
         if not self.words.isdisjoint(tokens):
             return True
-        if self.phrases is not None and self.phrases.search(f" {plain} ") is not None:
+        if self.phrases is not None and self.phrases.search(spaced) is not None:
             return True
         if self.unspaced and not plain.isascii():
             compact = plain.replace(" ", "")
@@ -252,12 +255,13 @@ class PromptFilter:
         unless another term of the same category is present; the returned categories also
         switch off weak combinations and phrase rules (never for sexual content with minors)."""
         words = frozenset(tokens)
-        cued = {category for category, cues in self._cues.items() if cues.present(words, plain)}
+        spaced = f" {' '.join(tokens)} "
+        cued = {category for category, cues in self._cues.items() if cues.present(words, plain, spaced)}
         contextual = [(hit, tag) for hit in hits for tag in hit.tags if tag.tier == "contextual"]
         if not contextual:
             return cued
         disambiguated = cued | {
-            category for category, cues in self._words.items() if cues.present(words, plain)
+            category for category, cues in self._words.items() if cues.present(words, plain, spaced)
         }
         for hit, tag in contextual:
             if tag.name not in disambiguated:

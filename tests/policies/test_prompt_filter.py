@@ -96,6 +96,14 @@ def test_negation_and_benign_context(prompt_filter: PromptFilter) -> None:
     assert verdict_of(prompt_filter, "a woman with no clothes on").category == "sexual"  # negation as evasion
 
 
+def test_a_benign_context_phrase_is_found_next_to_punctuation_and_across_a_hyphen(prompt_filter: PromptFilter) -> None:
+    """A phrase cue counts wherever the words stand as tokens: followed by a comma, or hyphenated."""
+    for text in ("naked torso, cross section, museum", "naked torso in cross-section",
+                 "naked torso in cross section view"):
+        assert verdict_of(prompt_filter, text).action is Action.ALLOW, text
+    assert verdict_of(prompt_filter, "naked torso, gem show").category == "sexual"  # a drugs cue, not a sexual one
+
+
 def test_public_figure_needs_a_deceptive_framing(prompt_filter: PromptFilter) -> None:
     assert verdict_of(prompt_filter, "Taylor Swift performing on stage").action is Action.ALLOW
     assert verdict_of(prompt_filter, "Taylor Swift leaked photo").category == "public_figures"
