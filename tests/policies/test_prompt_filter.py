@@ -104,6 +104,16 @@ def test_a_benign_context_phrase_is_found_next_to_punctuation_and_across_a_hyphe
     assert verdict_of(prompt_filter, "naked torso, gem show").category == "sexual"  # a drugs cue, not a sexual one
 
 
+def test_portuguese_no_is_in_the_not_a_negation(prompt_filter: PromptFilter) -> None:
+    """"no" is a negation cue in English and Spanish, "in the" in Portuguese: it negated the hit
+    after it, so "menina no banheiro se cortando" passed. A field that reads as Portuguese keeps it
+    as a plain word; elsewhere it still negates."""
+    assert verdict_of(prompt_filter, "menina no banheiro se cortando").category == "self_harm"
+    assert verdict_of(prompt_filter, "mulher no chuveiro pelada, foto com flash").category == "sexual"
+    assert verdict_of(prompt_filter, "no blood, a calm lake in the style of da vinci").action is Action.ALLOW
+    assert verdict_of(prompt_filter, "mujer no desnuda en la playa con una toalla").action is Action.ALLOW
+
+
 def test_public_figure_needs_a_deceptive_framing(prompt_filter: PromptFilter) -> None:
     assert verdict_of(prompt_filter, "Taylor Swift performing on stage").action is Action.ALLOW
     assert verdict_of(prompt_filter, "Taylor Swift leaked photo").category == "public_figures"
