@@ -11,6 +11,8 @@ Lexicons are YAML data under `policies/data/prompt_lexicons/` (one file per lang
 - `modifiers`: terms that name a shade, a product or a dish before one of their nouns (the
   `benign_modifiers` section: "nude matte lipstick"), for the matcher's benign annotation;
   `modifiers_after`, the same after their noun (`nouns_before`: "rouge a levres nude").
+- `language_signs`: how a field is told to be in a language (the `reads_as` section) and which
+  other languages' negation cues are plain words there (Portuguese "no": "in the").
 
 A tag says what a term is: a category term at a tier ("sexual", "strong"), or a member of a named
 group used by phrase rules ("minor", "deceptive_framing", "negation", "benign" ...).
@@ -98,6 +100,28 @@ class PhraseRule:
     near: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LanguageSigns:
+    """How a field is told to be in `language` (one of `words`, or two of `short`), and the
+    negation cues of other languages that are plain words in it (Portuguese "no": "in the")."""
+
+    language: str
+    words: frozenset[str]
+    short: frozenset[str]
+    not_negation: frozenset[str]
+
+    def present(self, tokens: list[str]) -> bool:
+        short = 0
+        for token in tokens:
+            if token in self.words:
+                return True
+            if token in self.short:
+                short += 1
+                if short == 2:
+                    return True
+        return False
+
+
 @dataclass
 class Lexicon:
     """Compiled lookup tables for all shipped languages (plus any tenant extra terms)."""
@@ -128,6 +152,9 @@ class Lexicon:
     #: lèvres nude", "batom nude"): term -> the nouns it may follow.
     modifiers_after: dict[str, frozenset[str]] = field(default_factory=dict)
     modifier_fillers: frozenset[str] = frozenset()
+    #: Per language with a `reads_as` section: how a field is told to be in it, and which negation
+    #: cues are plain words there.
+    language_signs: tuple[LanguageSigns, ...] = ()
     rules: tuple[PhraseRule, ...] = ()
     languages: tuple[str, ...] = ()
     fingerprint: str = ""
@@ -268,7 +295,7 @@ def _read_yaml(path: Path, *, terms: bool) -> dict[str, Any]:
 def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
                   benign_context: dict[str, set[str]], benign_words: dict[str, set[str]],
                   units: set[str], modifiers: dict[str, set[str]], modifiers_after: dict[str, set[str]],
-                  fillers: set[str]) -> None:
+                  fillers: set[str], language_signs: list[LanguageSigns]) -> None:
     for category, tiers in (data.get("categories") or {}).items():
         if category not in CATEGORIES:
             raise ValueError(f"lexicon {language}: unknown category {category!r}")
@@ -302,6 +329,14 @@ def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
     for key, target in (("benign_context", benign_context), ("benign_words", benign_words)):
         for category, cues in (data.get(key) or {}).items():
             target.setdefault(category, set()).update(normalise(str(cue), leet=False) for cue in cues or ())
+    reads_as = data.get("reads_as")
+    if reads_as:
+        words, short, not_negation = (
+            frozenset(normalise(str(word), leet=False) for word in reads_as.get(key) or ())
+            for key in ("words", "short", "not_negation"))
+        if not (words or short) or not not_negation:
+            raise ValueError(f"lexicon {language}: reads_as needs words or short, and not_negation")
+        language_signs.append(LanguageSigns(language, words, short, not_negation))
 
 
 def _parse_rules(data: Mapping[str, Any]) -> tuple[PhraseRule, ...]:
@@ -340,6 +375,7 @@ def load_lexicon(
     modifiers: dict[str, set[str]] = {}
     modifiers_after: dict[str, set[str]] = {}
     fillers: set[str] = set()
+    language_signs: list[LanguageSigns] = []
     languages = []
     digest = hashlib.sha256()
     rules: tuple[PhraseRule, ...] = ()
@@ -353,7 +389,7 @@ def load_lexicon(
         language = str(data.get("language", path.stem))
         languages.append(language)
         _add_language(builder, data, language, benign_context, benign_words, units, modifiers, modifiers_after,
-                      fillers)
+                      fillers, language_signs)
     tenant = {"extra_terms": {}, "allow_terms": []}
     for category, terms in sorted((extra_terms or {}).items()):
         terms = sorted(str(term) for term in terms)
@@ -371,6 +407,7 @@ def load_lexicon(
         modifiers={term: frozenset(nouns) for term, nouns in modifiers.items()},
         modifiers_after={term: frozenset(nouns) for term, nouns in modifiers_after.items()},
         modifier_fillers=frozenset(fillers),
+        language_signs=tuple(language_signs),
         rules=rules,
         languages=tuple(languages),
         fingerprint=digest.hexdigest(),

@@ -211,35 +211,11 @@ def _noun_past_fillers(tokens: list[str], index: int, step: int, nouns: frozense
     return 0 <= index < len(tokens) and tokens[index] in nouns
 
 
-#: Words that mark a field as Portuguese, where "no" is "in the" ("menina no banheiro"), not the
-#: English or Spanish negation cue: one of the first set (words no other lexicon language has), or
-#: two of the second (short words that also turn up elsewhere: ".com", "da Vinci").
-_PORTUGUESE_WORDS = frozenset({
-    "uma", "umas", "nao", "muito", "muita", "voce", "pela", "pelo", "pelas", "pelos", "numa", "mulher", "mulheres",
-    "homem", "homens", "menina", "meninas", "menino", "meninos", "garota", "garotas", "garoto", "garotos",
-    "crianca", "criancas", "banheiro", "chuveiro", "cozinha", "quarto", "rua", "chao", "cabeca", "noite",
-    "sangue", "praia", "cidade", "estilo", "realista", "fotografia", "sozinha", "sozinho", "deitada", "deitado",
-})
-_PORTUGUESE_SHORT = frozenset({"com", "da", "dos", "das", "em", "ao", "aos", "num", "seu", "sua", "seus", "suas", "sem"})
-_NOT_NEGATION_IN_PORTUGUESE = frozenset({"no"})
-
-
-def _reads_portuguese(tokens: list[str]) -> bool:
-    short = 0
-    for token in tokens:
-        if token in _PORTUGUESE_WORDS:
-            return True
-        if token in _PORTUGUESE_SHORT:
-            short += 1
-            if short == 2:
-                return True
-    return False
-
-
 def _annotate(hits: list[Hit], tokens: list[str], window: int, lexicon: Lexicon) -> None:
     negations = [hit for hit in hits if hit.has("negation") and hit.start >= 0]
-    if negations and any(hit.matched in _NOT_NEGATION_IN_PORTUGUESE for hit in negations) and _reads_portuguese(tokens):
-        negations = [hit for hit in negations if hit.matched not in _NOT_NEGATION_IN_PORTUGUESE]
+    for signs in lexicon.language_signs if negations else ():  # "no" in a Portuguese field is "in the"
+        if any(hit.matched in signs.not_negation for hit in negations) and signs.present(tokens):
+            negations = [hit for hit in negations if hit.matched not in signs.not_negation]
     shields = [hit for hit in hits if hit.has("benign") or hit.has("allow")]
     units = lexicon.units
     for hit in hits:

@@ -114,6 +114,19 @@ def test_portuguese_no_is_in_the_not_a_negation(prompt_filter: PromptFilter) -> 
     assert verdict_of(prompt_filter, "mujer no desnuda en la playa con una toalla").action is Action.ALLOW
 
 
+def test_a_language_section_must_say_how_it_is_told_and_which_cues_it_turns_off(tmp_path) -> None:  # noqa: ANN001
+    from policies.prompt_lexicon import load_lexicon
+
+    (tmp_path / "pt.yaml").write_text("language: pt\nreads_as:\n  words: [uma]\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="reads_as"):
+        load_lexicon(tmp_path)
+    (tmp_path / "pt.yaml").write_text("language: pt\nreads_as:\n  words: [uma]\n  not_negation: [no]\n",
+                                      encoding="utf-8")
+    signs = load_lexicon(tmp_path).language_signs
+    assert [(s.language, s.not_negation) for s in signs] == [("pt", frozenset({"no"}))]
+    assert signs[0].present(["uma", "menina"]) and not signs[0].present(["a", "girl"])
+
+
 def test_public_figure_needs_a_deceptive_framing(prompt_filter: PromptFilter) -> None:
     assert verdict_of(prompt_filter, "Taylor Swift performing on stage").action is Action.ALLOW
     assert verdict_of(prompt_filter, "Taylor Swift leaked photo").category == "public_figures"
