@@ -1,4 +1,5 @@
-"""The scene rules and terms written from the misses of the round2 and round3 dev sets, each with
+"""The scene rules and terms written from the misses of the round2 and round3 dev sets and of the
+fourth round's probes (tests/data/prompt_round4.jsonl), each with
 the unsafe prompts and harmless look-alikes written for it (`tests/data/prompt_rule_examples.jsonl`): the
 unsafe ones are caught in their category by that rule (or, for a single term, in its category);
 the look-alikes pass."""
