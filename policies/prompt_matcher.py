@@ -79,7 +79,7 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
         tags = exact.get(token)
         if tags:
             hits.append(Hit(tags, index, index + 1, token, field, negative, "exact"))
-        if alternate is not None:
+        if alternate is not None and len(token) > 1:  # a lone letter is no obfuscated word ("х" is not "xxx")
             tags = skeletons.get(alternate)
             if tags:
                 hits.append(Hit(tags, index, index + 1, tags[0].term, field, negative, "skeleton"))

@@ -104,6 +104,16 @@ def test_a_benign_context_phrase_is_found_next_to_punctuation_and_across_a_hyphe
     assert verdict_of(prompt_filter, "naked torso, gem show").category == "sexual"  # a drugs cue, not a sexual one
 
 
+def test_a_lone_look_alike_letter_is_no_obfuscated_word(prompt_filter: PromptFilter) -> None:
+    """Skeletons collapse repeated letters, so the lone Cyrillic "х" of "1980-х" (the eighties) or
+    "Х-мен" had the skeleton of "xxx" and was blocked as sexual. A one-letter token is never read as
+    an obfuscated word; stretched or spaced forms of the term still are."""
+    for text in ("фильм 1980-х, постер", "Х-мен комикс, обложка", "х/ф Брат, постер", "Malcolm X portrait"):
+        assert verdict_of(prompt_filter, text).action is Action.ALLOW, text
+    for text in ("хххх видео", "x x x video", "xxx video"):
+        assert verdict_of(prompt_filter, text).category == "sexual", text
+
+
 def test_portuguese_no_is_in_the_not_a_negation(prompt_filter: PromptFilter) -> None:
     """"no" is a negation cue in English and Spanish, "in the" in Portuguese: it negated the hit
     after it, so "menina no banheiro se cortando" passed. A field that reads as Portuguese keeps it
