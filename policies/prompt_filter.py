@@ -269,6 +269,7 @@ class PromptFilter:
             stronger = any(
                 other_tag.name == tag.name and other_tag.tier != "contextual"
                 for other in hits if other is not hit and not other.benign and not other.negated
+                and not _inside(other, hit)
                 for other_tag in other.tags
             )
             if not stronger:
@@ -444,3 +445,10 @@ class PromptFilter:
         top = max(deciding, key=lambda reason: (SEVERITY[reason.action], -_CATEGORY_RANK[reason.category]))
         reasons = sorted(reasons, key=lambda reason: (-SEVERITY[reason.action], _CATEGORY_RANK[reason.category]))
         return PromptVerdict(top.action, top.category, reasons, self._fingerprint)
+
+
+def _inside(inner: Hit, outer: Hit) -> bool:
+    """`inner` is a word of the phrase `outer` was found as ("kkk" in "kkk rally"), not a term of
+    its own beside it."""
+    return (inner.field == outer.field and 0 <= outer.start <= inner.start and inner.end <= outer.end
+            and inner.negative == outer.negative)

@@ -114,6 +114,17 @@ def test_a_lone_look_alike_letter_is_no_obfuscated_word(prompt_filter: PromptFil
         assert verdict_of(prompt_filter, text).category == "sexual", text
 
 
+def test_a_word_of_a_contextual_phrase_is_not_a_second_term(prompt_filter: PromptFilter) -> None:
+    """A contextual phrase loses its strength beside a benign cue unless another term of its
+    category is present; the weak "body" or "wound" inside "dead body" or "exit wound" is a word
+    of the phrase itself, not such a term, so the cue now applies."""
+    for text in ("plaster cast of a dead body at the pompeii museum, archaeology",
+                 "exit wound diagram, forensic textbook"):
+        assert verdict_of(prompt_filter, text).action is Action.ALLOW, text
+    assert verdict_of(prompt_filter, "dead body, photorealistic").category == "violence"
+    assert verdict_of(prompt_filter, "exit wound in his skull, gore, photorealistic").category == "violence"
+
+
 def test_portuguese_no_is_in_the_not_a_negation(prompt_filter: PromptFilter) -> None:
     """"no" is a negation cue in English and Spanish, "in the" in Portuguese: it negated the hit
     after it, so "menina no banheiro se cortando" passed. A field that reads as Portuguese keeps it
