@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -307,7 +307,7 @@ class PromptFilter:
                                             tag.term if hit.via in ("skeleton", "run") else hit.matched,
                                             hit.field))
         for category, terms in weak.items():
-            if len(terms) < 2 or category in benign_categories:
+            if _separate_words(terms.values()) < 2 or category in benign_categories:
                 continue
             if any(reason.category == category for reason in reasons):
                 continue
@@ -452,3 +452,16 @@ def _inside(inner: Hit, outer: Hit) -> bool:
     its own beside it."""
     return (inner.field == outer.field and 0 <= outer.start <= inner.start and inner.end <= outer.end
             and inner.negative == outer.negative)
+
+
+def _separate_words(hits: Collection[Hit]) -> int:
+    """How many separate words or phrases the hits stand for: one token found as two lexicon
+    entries ("nazis" as itself and as the plural of "nazi") or a word inside a phrase found with it
+    counts once."""
+    spans = {(hit.field, hit.start, hit.end) for hit in hits if hit.start >= 0}
+    unplaced = sum(1 for hit in hits if hit.start < 0)
+    return unplaced + sum(
+        1 for field, start, end in spans
+        if not any(other != (field, start, end) and other[0] == field and other[1] <= start and end <= other[2]
+                   for other in spans)
+    )

@@ -125,6 +125,15 @@ def test_a_word_of_a_contextual_phrase_is_not_a_second_term(prompt_filter: Promp
     assert verdict_of(prompt_filter, "exit wound in his skull, gore, photorealistic").category == "violence"
 
 
+def test_one_weak_word_is_one_term_however_many_entries_find_it(prompt_filter: PromptFilter) -> None:
+    """Plurals are generated, so a weak list holding "nazi" and "nazis" found the word "nazis" as two
+    terms, and two weak terms of a category flag a prompt: one plural word was flagged on its own."""
+    for text in ("a documentary still of nazis marching", "drogas", "war crimes"):
+        assert verdict_of(prompt_filter, text).action is Action.ALLOW, text
+    verdict = verdict_of(prompt_filter, "nazi soldiers with a swastika flag")
+    assert (verdict.action, verdict.category) == (Action.FLAG, "hate")
+
+
 def test_portuguese_no_is_in_the_not_a_negation(prompt_filter: PromptFilter) -> None:
     """"no" is a negation cue in English and Spanish, "in the" in Portuguese: it negated the hit
     after it, so "menina no banheiro se cortando" passed. A field that reads as Portuguese keeps it
