@@ -289,14 +289,14 @@ class PromptFilter:
     def _lexicon_reasons(self, hits: list[Hit], benign_categories: set[str]) -> list[PromptReason]:
         reasons: list[PromptReason] = []
         weak: dict[str, dict[str, Hit]] = {}
-        seen: set[tuple[str, str, int, int, tuple[int, int] | None]] = set()
+        seen: set[tuple[str, str | None, str, int, int, tuple[int, int] | None]] = set()
         for hit in hits:
             for tag in hit.tags:
                 if tag.tier is None or not self._usable(hit, tag.name):
                     continue
-                where = (tag.name, hit.field, hit.start, hit.end, hit.chars)
+                where = (tag.name, tag.tier, hit.field, hit.start, hit.end, hit.chars)
                 if hit.start >= 0 and where in seen and tag.tier != "weak":
-                    continue  # the same word found again through another variant
+                    continue  # the same word found again through another variant (a weak copy never hides a strong one)
                 seen.add(where)
                 if tag.tier == "weak":
                     weak.setdefault(tag.name, {}).setdefault(tag.term, hit)

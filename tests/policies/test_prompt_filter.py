@@ -134,6 +134,15 @@ def test_one_weak_word_is_one_term_however_many_entries_find_it(prompt_filter: P
     assert (verdict.action, verdict.category) == (Action.FLAG, "hate")
 
 
+def test_a_weak_entry_never_hides_a_strong_one_for_the_same_word(prompt_filter: PromptFilter) -> None:
+    """"bong" is weak in the German lexicon and strong in the English one; the German tag came
+    first and the strong one at the same place was skipped as a repeat, so a lone "bong" passed (the
+    default policy flags drugs for review)."""
+    verdict = verdict_of(prompt_filter, "a glass bong on a coffee table, photorealistic")
+    assert (verdict.action, verdict.category) == (Action.FLAG, "drugs")
+    assert [reason.rule_id for reason in verdict.reasons] == ["drugs.strong.en"]
+
+
 def test_portuguese_no_is_in_the_not_a_negation(prompt_filter: PromptFilter) -> None:
     """"no" is a negation cue in English and Spanish, "in the" in Portuguese: it negated the hit
     after it, so "menina no banheiro se cortando" passed. A field that reads as Portuguese keeps it
