@@ -128,11 +128,11 @@ def test_report_calibrates_on_the_pool_it_is_given(monkeypatch: pytest.MonkeyPat
 def test_shipped_labelled_sets_are_well_formed_and_name_every_unseen_split() -> None:
     """The labelled sets of tests/data: every row has a prompt and a label, no prompt twice in a
     split; every split `UNSEEN_SPLITS` names exists, and none of their rows, nor any of
-    prompt_round2.jsonl, prompt_round3.jsonl and prompt_round4.jsonl (separate files, not calibrated on), is in the
+    prompt_round2.jsonl to prompt_round5.jsonl (separate files, not calibrated on), is in the
     calibration pool."""
-    round2, round3, round4 = (prompts.DEFAULT_DATA.with_name(f"prompt_round{n}.jsonl") for n in (2, 3, 4))
+    round2, round3, round4, round5 = (prompts.DEFAULT_DATA.with_name(f"prompt_round{n}.jsonl") for n in (2, 3, 4, 5))
     splits: Counter[str] = Counter()
-    for path in (prompts.DEFAULT_DATA, prompts.FRESH_DATA, round2, round3, round4):
+    for path in (prompts.DEFAULT_DATA, prompts.FRESH_DATA, round2, round3, round4, round5):
         rows = prompts._load_rows(path)
         assert all(isinstance(row["prompt"], str) and row["prompt"].strip() and row["label"] for row in rows), path
         keys = [(prompts._split_of(row), row["prompt"]) for row in rows]
@@ -140,7 +140,8 @@ def test_shipped_labelled_sets_are_well_formed_and_name_every_unseen_split() -> 
         splits.update(split for split, _ in keys)
     assert prompts.UNSEEN_SPLITS <= set(splits) and splits["fresh_unseen_6"] == 390 and splits["round2"] == 3500
     assert splits["fresh_unseen_7"] == 1331 and splits["round3"] == 1326 and splits["round4"] == 1690
+    assert splits["round5"] == 2200
     pool = {row["prompt"] for row in prompts.calibration_pool([prompts.DEFAULT_DATA, prompts.FRESH_DATA])}
-    held_back = [row["prompt"] for path in (prompts.FRESH_DATA, round2, round3, round4) for row in prompts._load_rows(path)
-                 if prompts._split_of(row) in prompts.UNSEEN_SPLITS | {"round2", "round3", "round4"}]
+    held_back = [row["prompt"] for path in (prompts.FRESH_DATA, round2, round3, round4, round5) for row in prompts._load_rows(path)
+                 if prompts._split_of(row) in prompts.UNSEEN_SPLITS | {"round2", "round3", "round4", "round5"}]
     assert held_back and not pool.intersection(held_back)
