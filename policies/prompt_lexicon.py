@@ -11,8 +11,9 @@ Lexicons are YAML data under `policies/data/prompt_lexicons/` (one file per lang
 - `modifiers`: terms that name a shade, a product or a dish before one of their nouns (the
   `benign_modifiers` section: "nude matte lipstick"), for the matcher's benign annotation;
   `modifiers_after`, the same after their noun (`nouns_before`: "rouge a levres nude").
-- `language_signs`: how a field is told to be in a language (the `reads_as` section) and which
-  other languages' negation cues are plain words there (Portuguese "no": "in the").
+- `language_signs`: how a field is told to be in a language (the `reads_as` section), which
+  other languages' negation cues are plain words there (Portuguese "no": "in the"), and which
+  other languages' terms are (French "son": "his, her", not the English "son" of the minor group).
 
 A tag says what a term is: a category term at a tier ("sexual", "strong"), or a member of a named
 group used by phrase rules ("minor", "deceptive_framing", "negation", "benign" ...).
@@ -102,13 +103,15 @@ class PhraseRule:
 
 @dataclass(frozen=True, slots=True)
 class LanguageSigns:
-    """How a field is told to be in `language` (one of `words`, or two of `short`), and the
-    negation cues of other languages that are plain words in it (Portuguese "no": "in the")."""
+    """How a field is told to be in `language` (one of `words`, or two of `short`), the negation
+    cues of other languages that are plain words in it (Portuguese "no": "in the"), and the
+    single-word terms of other languages that are plain words in it (French "son": "his, her")."""
 
     language: str
     words: frozenset[str]
     short: frozenset[str]
     not_negation: frozenset[str]
+    not_terms: frozenset[str] = frozenset()
 
     def present(self, tokens: list[str]) -> bool:
         short = 0
@@ -153,7 +156,7 @@ class Lexicon:
     modifiers_after: dict[str, frozenset[str]] = field(default_factory=dict)
     modifier_fillers: frozenset[str] = frozenset()
     #: Per language with a `reads_as` section: how a field is told to be in it, and which negation
-    #: cues are plain words there.
+    #: cues and other languages' terms are plain words there.
     language_signs: tuple[LanguageSigns, ...] = ()
     rules: tuple[PhraseRule, ...] = ()
     languages: tuple[str, ...] = ()
@@ -331,12 +334,12 @@ def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
             target.setdefault(category, set()).update(normalise(str(cue), leet=False) for cue in cues or ())
     reads_as = data.get("reads_as")
     if reads_as:
-        words, short, not_negation = (
+        words, short, not_negation, not_terms = (
             frozenset(normalise(str(word), leet=False) for word in reads_as.get(key) or ())
-            for key in ("words", "short", "not_negation"))
-        if not (words or short) or not not_negation:
-            raise ValueError(f"lexicon {language}: reads_as needs words or short, and not_negation")
-        language_signs.append(LanguageSigns(language, words, short, not_negation))
+            for key in ("words", "short", "not_negation", "not_terms"))
+        if not (words or short) or not (not_negation or not_terms):
+            raise ValueError(f"lexicon {language}: reads_as needs words or short, and not_negation or not_terms")
+        language_signs.append(LanguageSigns(language, words, short, not_negation, not_terms))
 
 
 def _parse_rules(data: Mapping[str, Any]) -> tuple[PhraseRule, ...]:

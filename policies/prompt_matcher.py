@@ -245,6 +245,9 @@ def scan_field(lexicon: Lexicon, prepared: PreparedText, field: str, *, negative
     if prepared.runs:
         hits += _run_hits(lexicon, prepared, field, negative)
     hits += _special_hits(lexicon, prepared, field, negative)
+    for signs in lexicon.language_signs if hits else ():  # "son" in a French field is "his, her"
+        if signs.not_terms and any(hit.matched in signs.not_terms for hit in hits) and signs.present(prepared.plain_tokens):
+            hits = [hit for hit in hits if hit.matched not in signs.not_terms]
     if hits:
         _annotate(hits, prepared.plain_tokens, negation_window, lexicon)
     return hits

@@ -153,6 +153,19 @@ def test_portuguese_no_is_in_the_not_a_negation(prompt_filter: PromptFilter) -> 
     assert verdict_of(prompt_filter, "mujer no desnuda en la playa con una toalla").action is Action.ALLOW
 
 
+def test_son_is_his_or_her_in_french_and_they_are_in_spanish(prompt_filter: PromptFilter) -> None:
+    """The English "son" of the minor group is a plain word in French ("avec son mari") and Spanish
+    ("que son amantes"): adult sexual prompts there were blocked as sexual content with minors. A field
+    that reads as French or Spanish does not take it for a minor; French words for a boy or a son,
+    and "nu" beside them, still are."""
+    assert verdict_of(prompt_filter, "une femme nue au lit avec son mari, photo réaliste").category == "sexual"
+    assert verdict_of(prompt_filter, "dos mujeres que son amantes, desnudas en la cama").category == "sexual"
+    assert verdict_of(prompt_filter, "une photo de son fils, nu, dans le bain").category == "sexual_minors"
+    assert verdict_of(prompt_filter, "un garçon nu à la plage").category == "sexual_minors"
+    assert verdict_of(prompt_filter, "his son at the beach, nude").category == "sexual_minors"
+    assert verdict_of(prompt_filter, "nu metal band poster").action is Action.ALLOW
+
+
 def test_a_language_section_must_say_how_it_is_told_and_which_cues_it_turns_off(tmp_path) -> None:  # noqa: ANN001
     from policies.prompt_lexicon import load_lexicon
 
@@ -163,6 +176,9 @@ def test_a_language_section_must_say_how_it_is_told_and_which_cues_it_turns_off(
                                       encoding="utf-8")
     signs = load_lexicon(tmp_path).language_signs
     assert [(s.language, s.not_negation) for s in signs] == [("pt", frozenset({"no"}))]
+    (tmp_path / "pt.yaml").write_text("language: pt\nreads_as:\n  short: [le, les]\n  not_terms: [son]\n",
+                                      encoding="utf-8")
+    assert load_lexicon(tmp_path).language_signs[0].not_terms == frozenset({"son"})
     assert signs[0].present(["uma", "menina"]) and not signs[0].present(["a", "girl"])
 
 
