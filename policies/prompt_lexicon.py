@@ -11,9 +11,10 @@ Lexicons are YAML data under `policies/data/prompt_lexicons/` (one file per lang
 - `modifiers`: terms that name a shade, a product or a dish before one of their nouns (the
   `benign_modifiers` section: "nude matte lipstick"), for the matcher's benign annotation;
   `modifiers_after`, the same after their noun (`nouns_before`: "rouge a levres nude").
-- `language_signs`: how a field is told to be in a language (the `reads_as` section), which
-  other languages' negation cues are plain words there (Portuguese "no": "in the"), and which
-  other languages' terms are (French "son": "his, her", not the English "son" of the minor group).
+- `language_signs`: how a field is told to be in a language (the `reads_as` section), and which
+  single words of other languages' lexicons are plain words there: Portuguese "no" is "in the",
+  not the English and Spanish negation cue; French "son" is "his, her", not the English "son" of
+  the minor group.
 
 A tag says what a term is: a category term at a tier ("sexual", "strong"), or a member of a named
 group used by phrase rules ("minor", "deceptive_framing", "negation", "benign" ...).
@@ -103,15 +104,14 @@ class PhraseRule:
 
 @dataclass(frozen=True, slots=True)
 class LanguageSigns:
-    """How a field is told to be in `language` (one of `words`, or two of `short`), the negation
-    cues of other languages that are plain words in it (Portuguese "no": "in the"), and the
-    single-word terms of other languages that are plain words in it (French "son": "his, her")."""
+    """How a field is told to be in `language` (one of `words`, or two of `short`), and the single
+    words of other languages' lexicons, terms or cues, that are plain words in it (Portuguese "no":
+    "in the"; French "son": "his, her")."""
 
     language: str
     words: frozenset[str]
     short: frozenset[str]
-    not_negation: frozenset[str]
-    not_terms: frozenset[str] = frozenset()
+    not_terms: frozenset[str]
 
     def present(self, tokens: list[str]) -> bool:
         short = 0
@@ -155,8 +155,8 @@ class Lexicon:
     #: lèvres nude", "batom nude"): term -> the nouns it may follow.
     modifiers_after: dict[str, frozenset[str]] = field(default_factory=dict)
     modifier_fillers: frozenset[str] = frozenset()
-    #: Per language with a `reads_as` section: how a field is told to be in it, and which negation
-    #: cues and other languages' terms are plain words there.
+    #: Per language with a `reads_as` section: how a field is told to be in it, and which words of
+    #: other languages' lexicons are plain words there.
     language_signs: tuple[LanguageSigns, ...] = ()
     rules: tuple[PhraseRule, ...] = ()
     languages: tuple[str, ...] = ()
@@ -334,12 +334,12 @@ def _add_language(builder: _Builder, data: Mapping[str, Any], language: str,
             target.setdefault(category, set()).update(normalise(str(cue), leet=False) for cue in cues or ())
     reads_as = data.get("reads_as")
     if reads_as:
-        words, short, not_negation, not_terms = (
+        words, short, not_terms = (
             frozenset(normalise(str(word), leet=False) for word in reads_as.get(key) or ())
-            for key in ("words", "short", "not_negation", "not_terms"))
-        if not (words or short) or not (not_negation or not_terms):
-            raise ValueError(f"lexicon {language}: reads_as needs words or short, and not_negation or not_terms")
-        language_signs.append(LanguageSigns(language, words, short, not_negation, not_terms))
+            for key in ("words", "short", "not_terms"))
+        if not (words or short) or not not_terms:
+            raise ValueError(f"lexicon {language}: reads_as needs words or short, and not_terms")
+        language_signs.append(LanguageSigns(language, words, short, not_terms))
 
 
 def _parse_rules(data: Mapping[str, Any]) -> tuple[PhraseRule, ...]:

@@ -213,9 +213,6 @@ def _noun_past_fillers(tokens: list[str], index: int, step: int, nouns: frozense
 
 def _annotate(hits: list[Hit], tokens: list[str], window: int, lexicon: Lexicon) -> None:
     negations = [hit for hit in hits if hit.has("negation") and hit.start >= 0]
-    for signs in lexicon.language_signs if negations else ():  # "no" in a Portuguese field is "in the"
-        if any(hit.matched in signs.not_negation for hit in negations) and signs.present(tokens):
-            negations = [hit for hit in negations if hit.matched not in signs.not_negation]
     shields = [hit for hit in hits if hit.has("benign") or hit.has("allow")]
     units = lexicon.units
     for hit in hits:
@@ -245,8 +242,8 @@ def scan_field(lexicon: Lexicon, prepared: PreparedText, field: str, *, negative
     if prepared.runs:
         hits += _run_hits(lexicon, prepared, field, negative)
     hits += _special_hits(lexicon, prepared, field, negative)
-    for signs in lexicon.language_signs if hits else ():  # "son" in a French field is "his, her"
-        if signs.not_terms and any(hit.matched in signs.not_terms for hit in hits) and signs.present(prepared.plain_tokens):
+    for signs in lexicon.language_signs if hits else ():  # Portuguese "no" is "in the", French "son" "his, her"
+        if any(hit.matched in signs.not_terms for hit in hits) and signs.present(prepared.plain_tokens):
             hits = [hit for hit in hits if hit.matched not in signs.not_terms]
     if hits:
         _annotate(hits, prepared.plain_tokens, negation_window, lexicon)

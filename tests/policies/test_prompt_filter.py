@@ -172,14 +172,16 @@ def test_a_language_section_must_say_how_it_is_told_and_which_cues_it_turns_off(
     (tmp_path / "pt.yaml").write_text("language: pt\nreads_as:\n  words: [uma]\n", encoding="utf-8")
     with pytest.raises(ValueError, match="reads_as"):
         load_lexicon(tmp_path)
-    (tmp_path / "pt.yaml").write_text("language: pt\nreads_as:\n  words: [uma]\n  not_negation: [no]\n",
+    (tmp_path / "pt.yaml").write_text("language: pt\nreads_as:\n  words: [uma]\n  not_terms: [no]\n",
                                       encoding="utf-8")
     signs = load_lexicon(tmp_path).language_signs
-    assert [(s.language, s.not_negation) for s in signs] == [("pt", frozenset({"no"}))]
+    assert [(s.language, s.not_terms) for s in signs] == [("pt", frozenset({"no"}))]
+    assert signs[0].present(["uma", "menina"]) and not signs[0].present(["a", "girl"])
     (tmp_path / "pt.yaml").write_text("language: pt\nreads_as:\n  short: [le, les]\n  not_terms: [son]\n",
                                       encoding="utf-8")
-    assert load_lexicon(tmp_path).language_signs[0].not_terms == frozenset({"son"})
-    assert signs[0].present(["uma", "menina"]) and not signs[0].present(["a", "girl"])
+    short = load_lexicon(tmp_path).language_signs[0]
+    assert short.not_terms == frozenset({"son"})
+    assert short.present(["le", "chat", "les"]) and not short.present(["le", "chat"])
 
 
 def test_public_figure_needs_a_deceptive_framing(prompt_filter: PromptFilter) -> None:
