@@ -458,10 +458,6 @@ def _separate_words(hits: Collection[Hit]) -> int:
     """How many separate words or phrases the hits stand for: one token found as two lexicon
     entries ("nazis" as itself and as the plural of "nazi") or a word inside a phrase found with it
     counts once."""
-    spans = {(hit.field, hit.start, hit.end) for hit in hits if hit.start >= 0}
+    placed = list({(hit.field, hit.start, hit.end): hit for hit in hits if hit.start >= 0}.values())
     unplaced = sum(1 for hit in hits if hit.start < 0)
-    return unplaced + sum(
-        1 for field, start, end in spans
-        if not any(other != (field, start, end) and other[0] == field and other[1] <= start and end <= other[2]
-                   for other in spans)
-    )
+    return unplaced + sum(1 for hit in placed if not any(other is not hit and _inside(hit, other) for other in placed))
