@@ -147,7 +147,14 @@ def _fold_leet_chunk(match: re.Match[str]) -> str:
 
 
 def _join_run(match: re.Match[str]) -> str:
-    return _RUN_SEPARATORS.sub("", match.group(0))
+    run = match.group(0)
+    if "  " in run:
+        gaps = _RUN_SEPARATORS.findall(run)
+        narrow = min(len(gap) for gap in gaps)
+        if all(gap.isspace() for gap in gaps) and any(len(gap) > narrow for gap in gaps):
+            # "m y  l a s t  n i g h t": letters one space apart, words further apart
+            return _RUN_SEPARATORS.sub(lambda gap: " " if len(gap.group(0)) > narrow else "", run)
+    return _RUN_SEPARATORS.sub("", run)
 
 
 def _single_pass(text: str, *, leet: bool) -> str:

@@ -21,6 +21,9 @@ from policies.prompt_normalise import normalise, prepare, skeleton
         ("sеx", "sex"),  # Cyrillic е inside a Latin word
         ("ѕех", "ѕех"),  # a whole word of look-alikes stays as written (matched through its skeleton)
         ("s e x", "sex"),  # spaced letters
+        ("k i l l  h i m", "kill him"),  # spaced letters, words further apart
+        ("m y   l a s t   n i g h t", "my last night"),
+        ("a  b  c", "abc"),  # evenly spaced: one run
         ("n.u.d.e", "nude"),
         ("g-o-r-e", "gore"),
         ("s_e_x", "sex"),
