@@ -180,7 +180,8 @@ class PromptFilter:
     ) -> None:
         self.policy = policy or PromptPolicy()
         self.lexicon: Lexicon = load_lexicon(
-            lexicon_dir, extra_terms=self.policy.extra_terms, allow_terms=self.policy.allow_terms
+            lexicon_dir, extra_terms=self.policy.extra_terms, allow_terms=self.policy.allow_terms,
+            misspellings=self.policy.misspellings,
         )
         self._rules = [
             (rule, [[_selector(selector) for selector in slot] for slot in rule.slots])
@@ -304,7 +305,7 @@ class PromptFilter:
                 if tag.tier == "contextual":
                     weak.setdefault(tag.name, {}).setdefault(tag.term, hit)
                 reasons.append(self._reason(tag.name, "lexicon", f"{tag.name}.{tag.tier}.{tag.language}",
-                                            tag.term if hit.via in ("skeleton", "run") else hit.matched,
+                                            tag.term if hit.via in ("skeleton", "typo", "run") else hit.matched,
                                             hit.field))
         for category, terms in weak.items():
             if _separate_words(terms.values()) < 2 or category in benign_categories:
@@ -413,7 +414,7 @@ class PromptFilter:
         for _, name, tier in slot:
             for tag in hit.tags:
                 if tag.name == name and tag.tier == tier:
-                    return tag.term if hit.via in ("skeleton", "run") else hit.matched
+                    return tag.term if hit.via in ("skeleton", "typo", "run") else hit.matched
         return hit.matched
 
     def _paraphrase_reasons(self, texts: list[tuple[str, str]]) -> list[PromptReason]:

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from policies.prompt_normalise import normalise, skeleton, tokenise
+from policies.prompt_spelling import SpellingIndex, read_known_near
 
 __all__ = [
     "CATEGORIES",
@@ -162,6 +163,12 @@ class Lexicon:
     languages: tuple[str, ...] = ()
     fingerprint: str = ""
     term_count: int = 0
+    #: Misspellings of shipped lexicon words ("fertlizer"), read as the word (`prompt_spelling`).
+    spelling: SpellingIndex | None = None
+
+    @property
+    def spelling_vocabulary(self) -> frozenset[str]:
+        return self.spelling.vocabulary if self.spelling is not None else frozenset()
 
     def blocked_terms(self, category: str) -> list[str]:
         """Every strong term of `category` (normalised, Latin-script tokens), for tests."""
@@ -368,9 +375,13 @@ def load_lexicon(
     *,
     extra_terms: Mapping[str, Iterable[str]] | None = None,
     allow_terms: Iterable[str] = (),
+    misspellings: bool = True,
 ) -> Lexicon:
     """Load every `*.yaml` lexicon in `directory` (and `rules.yaml`), add the tenant's extra
-    terms (strong, per category) and allow terms (treated as benign phrases), and compile."""
+    terms (strong, per category) and allow terms (treated as benign phrases), and compile.
+    With `misspellings`, a non-word one edit from a word of the shipped lexicons is read as that
+    word (`policies.prompt_spelling`); only for the shipped directory, whose list of real words
+    near its words ships with it."""
     builder = _Builder()
     benign_context: dict[str, set[str]] = {}
     benign_words: dict[str, set[str]] = {}
@@ -393,6 +404,10 @@ def load_lexicon(
         languages.append(language)
         _add_language(builder, data, language, benign_context, benign_words, units, modifiers, modifiers_after,
                       fillers, language_signs)
+    spelling = None
+    if misspellings and directory.resolve() == LEXICON_DIR.resolve():
+        spelling = _spelling_index(digest.hexdigest(), builder.exact)
+        digest.update(spelling.fingerprint.encode())
     tenant = {"extra_terms": {}, "allow_terms": []}
     for category, terms in sorted((extra_terms or {}).items()):
         terms = sorted(str(term) for term in terms)
@@ -414,6 +429,20 @@ def load_lexicon(
         rules=rules,
         languages=tuple(languages),
         fingerprint=digest.hexdigest(),
+        spelling=spelling,
     )
     builder.build(lexicon)
     return lexicon
+
+
+#: Shipped lexicon digest -> its spelling index: the same for every tenant policy.
+_SPELLING_INDEXES: dict[str, SpellingIndex] = {}
+
+
+def _spelling_index(shipped_digest: str, exact: Mapping[str, object]) -> SpellingIndex:
+    """The misspelling index over the words of the shipped lexicons (never a tenant's terms)."""
+    index = _SPELLING_INDEXES.get(shipped_digest)
+    if index is None:
+        words = {word for key in exact for word in key.split(" ")}
+        index = _SPELLING_INDEXES[shipped_digest] = SpellingIndex(words, read_known_near())
+    return index

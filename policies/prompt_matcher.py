@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from policies.prompt_lexicon import MODIFIER_GAP, Lexicon, Tag
 from policies.prompt_normalise import PreparedText, skeleton
+from policies.prompt_spelling import MIN_LENGTH
 
 __all__ = ["Hit", "scan_field"]
 
@@ -41,7 +42,7 @@ class Hit:
     matched: str
     field: str
     negative: bool
-    via: str  # exact | skeleton | prefix | run | cjk | age | echo
+    via: str  # exact | skeleton | typo | prefix | run | cjk | age | echo
     negated: bool = False
     benign: bool = False
     allowed: bool = False
@@ -70,6 +71,17 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
     max_ngram = lexicon.max_ngram
     #: No token looked obfuscated (the usual case): no skeleton lookups, and an n-gram that is not
     #: the start of a longer lexicon entry cannot grow into one.
+    spelling = lexicon.spelling
+    typos: set[int] = set()
+    if spelling is not None:
+        for index, token in enumerate(tokens):
+            if alternates[index] is None and len(token) >= MIN_LENGTH and token not in exact:
+                word = spelling.correct(token)
+                if word is not None:
+                    if not typos:
+                        alternates = list(alternates)
+                    alternates[index] = skeleton(word)
+                    typos.add(index)
     plain_only = alternates.count(None) == len(alternates)
     hits: list[Hit] = []
     for index, token in enumerate(tokens):
@@ -82,7 +94,8 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
         if alternate is not None and len(token) > 1:  # a lone letter is no obfuscated word ("х" is not "xxx")
             tags = skeletons.get(alternate)
             if tags:
-                hits.append(Hit(tags, index, index + 1, tags[0].term, field, negative, "skeleton"))
+                hits.append(Hit(tags, index, index + 1, tags[0].term, field, negative,
+                                "typo" if index in typos else "skeleton"))
         if token[:3] in prefix_heads:
             _prefix_hit(lexicon, hits, token, index, field, negative)
         if alternate is not None and alternate[:3] in prefix_heads:
@@ -116,7 +129,8 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
                     )
                     tags = skeletons.get(skeleton_key)
                     if tags:
-                        hits.append(Hit(tags, index, stop, tags[0].term, field, negative, "skeleton"))
+                        hits.append(Hit(tags, index, stop, tags[0].term, field, negative,
+                                        "typo" if typos.intersection(range(index, stop)) else "skeleton"))
     return hits
 
 

@@ -72,6 +72,10 @@ class PromptPolicy(BaseModel):
     screen_negative_as_positive: bool = False
     #: How many words before a term a negation cue ("no", "without", "anti") still applies.
     negation_window: int = Field(3, ge=0, le=8)
+    #: Read a token that is no word of any language but one edit from a word of the shipped
+    #: lexicons as that word ("fertlizer", "cocain"); real words one edit away ("heron", "kilted")
+    #: never are. Off: only exact, obfuscated and listed forms match.
+    misspellings: bool = True
     paraphrase: ParaphraseSettings = Field(default_factory=ParaphraseSettings)
 
     @field_validator("sexual_minors")
