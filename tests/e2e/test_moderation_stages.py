@@ -17,7 +17,7 @@ import pytest
 from proxy.app import GATEWAY
 from proxy.stages.factory import full_stages
 from tests.classifiers.conftest import TINY_ARCHITECTURE, TinyModels, tiny_models  # noqa: F401  (fixture)
-from tests.conftest import TENANT_KEY, make_settings
+from tests.conftest import OTHER_TENANT_KEY, TENANT_KEY, make_settings
 from tests.fakes.openai_upstream import make_image
 
 OTHER_CATEGORIES = ["minors", "violence", "self_harm", "hate", "weapons", "drugs"]
@@ -120,3 +120,31 @@ async def test_missing_weights_stop_start_up_when_required(tmp_path: Path, fake_
     settings = make_settings(tmp_path, upstream_url, classifier={"enabled": True, "required": True, "checkpoint": str(tmp_path / "missing.pt"), "pretrained": None})
     with pytest.raises(Exception, match="classifier could not be loaded"):
         await start_gateway(settings, stages=full_stages)
+
+
+async def test_a_misspelled_prompt_is_blocked_unless_the_tenant_turns_misspellings_off(
+    tmp_path: Path, fake_openai, start_gateway, upstream_key: str
+) -> None:
+    """"decapitaed" is one edit from the lexicon's "decapitated" and no word of any language: read
+    as it, the prompt is violence. The audit record names the lexicon word; globex turns the
+    reading off in its prompt policy and the same prompt goes through."""
+    fake, upstream_url = fake_openai
+    settings = make_settings(tmp_path, upstream_url)
+    tenants = dict(settings.tenants)
+    tenants["globex"] = tenants["globex"].model_copy(update={"prompt_policy": {"misspellings": False}})
+    settings = settings.model_copy(update={"tenants": tenants})
+    server, base_url = await start_gateway(settings, stages=full_stages)
+    prompt = "decapitaed body in the street, photoreal"
+    async with client(base_url) as sdk:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await sdk.images.generate(model="gpt-image-1", prompt=prompt)
+    assert caught.value.code == "content_policy_violation"
+    assert "decapit" not in caught.value.body["message"].lower()
+    record = await server.app[GATEWAY].audit.get(caught.value.response.headers["X-Imagegate-Audit-Id"])
+    decision = next(d for d in record["decisions"] if d["stage"] == "prompt_filter")
+    assert decision["action"] == "block" and decision["category"] == "violence"
+    assert "'decapitated'" in str(decision) and "decapitaed" not in str(decision)
+    assert fake.received == []
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=OTHER_TENANT_KEY, max_retries=0) as other:
+        allowed = await other.images.generate(model="gpt-image-1", prompt=prompt)
+    assert len(allowed.data) == 1 and len(fake.received) == 1
