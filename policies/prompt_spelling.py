@@ -99,10 +99,26 @@ class SpellingIndex:
         if len(token) < MIN_LENGTH or token in self.vocabulary or token in self.known_near or not token.isalpha():
             return None
         found = self.candidates(token)
+        if len(found) > 1:
+            # Typing most often drops a letter, then swaps two, then hits a wrong key, and least often
+            # adds one: "realistc" is "realistic", not "realist"; "powdr" is "powder", not "power".
+            best = min(_edit_rank(token, word) for word in found)
+            found = {word for word in found if _edit_rank(token, word) == best}
         if len(found) > 1:  # "napalmm": "napalm" or its plural "napalms"; the singular
             found = {word for word in found if not (word.endswith("s") and word[:-1] in found)
                      and not (word.endswith("es") and word[:-2] in found)}
         return found.pop() if len(found) == 1 else None
+
+
+def _edit_rank(token: str, word: str) -> int:
+    """0: `token` drops a letter of `word` or doubles one ("napalmm"); 1: swaps two; 2: changes
+    one; 3: adds another."""
+    if len(word) > len(token):
+        return 0
+    if len(word) < len(token):
+        at = next((index for index, (a, b) in enumerate(zip(token, word)) if a != b), len(word))
+        return 0 if token[at] == token[at - 1] or token[at] == token[at + 1: at + 2] else 3
+    return 2 if sum(a != b for a, b in zip(token, word)) == 1 else 1
 
 
 def _eligible(word: str) -> bool:

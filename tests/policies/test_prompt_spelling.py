@@ -88,8 +88,18 @@ def test_real_words_and_short_tokens_are_never_misspellings() -> None:
 
 def test_ambiguous_misspellings_read_as_nothing() -> None:
     index = SpellingIndex(["blast", "bleat"])
-    assert index.candidates("bleast") == {"blast", "bleat"}
+    assert index.candidates("bleast") == {"blast", "bleat"}  # a letter added to either
     assert index.correct("bleast") is None
+    index = SpellingIndex(["dealer", "deeper"])
+    assert index.correct("deeler") is None  # a wrong key for either
+
+
+def test_several_words_one_edit_away_prefer_the_likelier_typo() -> None:
+    index = SpellingIndex(["realist", "realistic", "power", "powder", "leaks", "leaked", "breast", "braes"])
+    assert index.correct("realistc") == "realistic"  # a dropped letter, not an added one
+    assert index.correct("powdr") == "powder"
+    assert index.correct("leakd") == "leaked"  # a dropped letter, not a wrong key
+    assert index.correct("braest") == "breast"  # two letters swapped, not a wrong key or an added one
 
 
 def test_known_near_words_keeps_only_real_words_one_edit_away() -> None:
