@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from policies.prompt_normalise import normalise, skeleton, tokenise
-from policies.prompt_spelling import SpellingIndex, read_known_near
+from policies.prompt_spelling import SpellingIndex, load_known_near
 
 __all__ = [
     "CATEGORIES",
@@ -444,5 +444,6 @@ def _spelling_index(shipped_digest: str, exact: Mapping[str, object]) -> Spellin
     index = _SPELLING_INDEXES.get(shipped_digest)
     if index is None:
         words = {word for key in exact for word in key.split(" ")}
-        index = _SPELLING_INDEXES[shipped_digest] = SpellingIndex(words, read_known_near())
+        known_near, fingerprint = load_known_near()
+        index = _SPELLING_INDEXES[shipped_digest] = SpellingIndex(words, known_near, known_near_fingerprint=fingerprint)
     return index

@@ -69,19 +69,22 @@ class SpellingIndex:
     deletions (a token and a word one edit apart share a deletion, or one is a deletion of the
     other)."""
 
-    def __init__(self, vocabulary: Iterable[str], known_near: Iterable[str] = ()) -> None:
+    def __init__(self, vocabulary: Iterable[str], known_near: Iterable[str] = (), *,
+                 known_near_fingerprint: str | None = None) -> None:
         self.vocabulary = frozenset(word for word in vocabulary if _eligible(word))
         self.known_near = frozenset(known_near)
-        digest = hashlib.sha256(vocabulary_digest(self.vocabulary).encode())
-        digest.update("\n".join(sorted(self.known_near)).encode())
+        if known_near_fingerprint is None:
+            known_near_fingerprint = hashlib.sha256("\n".join(sorted(self.known_near)).encode()).hexdigest()
         #: Changes with the lexicon words or the list of real words near them.
-        self.fingerprint = digest.hexdigest()
-        index: dict[str, set[str]] = {}
-        for word in self.vocabulary:
-            index.setdefault(word, set()).add(word)
+        self.fingerprint = hashlib.sha256(
+            f"{vocabulary_digest(self.vocabulary)} {known_near_fingerprint}".encode()
+        ).hexdigest()
+        index: dict[str, list[str]] = {}
+        for word in self.vocabulary:  # once per process and lexicon version (about 0.4 s)
+            index.setdefault(word, []).append(word)
             for deleted in _deletions(word):
-                index.setdefault(deleted, set()).add(word)
-        self._index = {key: tuple(sorted(words)) for key, words in index.items()}
+                index.setdefault(deleted, []).append(word)
+        self._index = index
 
     def candidates(self, token: str) -> set[str]:
         """Every vocabulary word one edit from `token`."""
@@ -178,9 +181,16 @@ _DIGEST_PREFIX = "# vocabulary sha256: "
 
 def read_known_near(path: Path = KNOWN_NEAR_PATH) -> frozenset[str]:
     """The real words of `path` (none when it is missing: every near word is then a misspelling)."""
+    return load_known_near(path)[0]
+
+
+def load_known_near(path: Path = KNOWN_NEAR_PATH) -> tuple[frozenset[str], str]:
+    """The real words of `path` and a fingerprint of the file."""
     if not path.exists():
-        return frozenset()
-    return frozenset(line for line in path.read_text(encoding="utf-8").splitlines() if line and line[0] != "#")
+        return frozenset(), "none"
+    data = path.read_bytes()
+    words = frozenset(line for line in data.decode("utf-8").splitlines() if line and line[0] != "#")
+    return words, hashlib.sha256(data).hexdigest()
 
 
 def known_near_digest(path: Path = KNOWN_NEAR_PATH) -> str | None:

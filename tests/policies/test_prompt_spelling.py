@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -175,3 +177,29 @@ def test_misspellings_never_reach_tenant_terms_or_other_lexicon_folders(tmp_path
     assert tenant.check_text("acmecorq logo").action is Action.ALLOW
     (tmp_path / "en.yaml").write_text("language: en\nterms:\n  weapons:\n    strong: [grenade]\n", encoding="utf-8")
     assert load_lexicon(tmp_path).spelling is None
+
+
+PROBE = Path(__file__).resolve().parents[1] / "data" / "prompt_misspellings.jsonl"
+
+
+def test_the_blind_misspelling_probe() -> None:
+    """tests/data/prompt_misspellings.jsonl was written by a helper who saw neither the lexicons nor
+    this code: 200 unsafe prompts with misspelled key words (7 categories, en/es/fr/de/pt), 300
+    harmless ones around rare real words one letter from alarming ones ("kilted", "Sexton",
+    "Pornic"), and 100 harmless ones with ordinary typos. Lexical layers, when this was written:
+    169/200 caught with misspellings read, 127/200 without; 7/300 and 0/100 harmless stopped
+    (5/300 without). Floors a little under those figures guard against regressions."""
+    rows = [json.loads(line) for line in PROBE.read_text(encoding="utf-8").splitlines()]
+    off = PromptFilter(PromptPolicy(misspellings=False))
+
+    def stopped(prompt_filter: PromptFilter, keep) -> int:
+        return sum(prompt_filter.check_text(row["prompt"]).action is not Action.ALLOW for row in rows if keep(row))
+
+    unsafe = lambda row: row["label"] != "safe"  # noqa: E731
+    rare = lambda row: row["note"] == "rare_word"  # noqa: E731
+    typo = lambda row: row["note"] == "typo"  # noqa: E731
+    assert (sum(map(unsafe, rows)), sum(map(rare, rows)), sum(map(typo, rows))) == (200, 300, 100)
+    caught, caught_off = stopped(_filter(), unsafe), stopped(off, unsafe)
+    assert caught >= 165 and caught - caught_off >= 35, (caught, caught_off)
+    assert stopped(_filter(), rare) <= 8
+    assert stopped(_filter(), typo) == 0
