@@ -69,8 +69,7 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
     ngram_heads = lexicon.ngram_heads
     ngram_prefixes = lexicon.ngram_prefixes
     max_ngram = lexicon.max_ngram
-    #: No token looked obfuscated (the usual case): no skeleton lookups, and an n-gram that is not
-    #: the start of a longer lexicon entry cannot grow into one.
+    #: Tokens read as misspelled lexicon words ("fertlizer"): looked up through the word's skeleton.
     spelling = lexicon.spelling
     typos: set[int] = set()
     if spelling is not None:
@@ -82,6 +81,8 @@ def _token_hits(lexicon: Lexicon, prepared: PreparedText, field: str, negative: 
                         alternates = list(alternates)
                     alternates[index] = skeleton(word)
                     typos.add(index)
+    #: No token looked obfuscated (the usual case): no skeleton lookups, and an n-gram that is not
+    #: the start of a longer lexicon entry cannot grow into one.
     plain_only = alternates.count(None) == len(alternates)
     hits: list[Hit] = []
     for index, token in enumerate(tokens):

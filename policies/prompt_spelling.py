@@ -8,9 +8,9 @@ letters long, and is not itself a word of any language: "setting" is one edit fr
 "Is a word" needs a word list, and a full one for 40 languages is large. What the filter needs is
 much smaller: the real words that are one edit from a lexicon word. `KNOWN_NEAR_PATH` holds
 exactly those, generated from the `wordfreq` package (every word at Zipf frequency `KNOWN_ZIPF` or
-more in any of its languages) by `python3 -m policies.prompt_spelling --write`; a test regenerates
-records a digest of the lexicon words it was made for, and a test fails when the lexicons changed
-and the file was not written again.
+more in any of its languages) by `python3 -m policies.prompt_spelling --write`. The file records a
+digest of the lexicon words it was made for, and a test fails when the lexicons changed and the
+file was not written again.
 
 What this module must never do: correct a word that some language uses, or reach a word that is
 not in the shipped lexicons (a tenant's extra terms have no list of real words next to them).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 __all__ = [
     "KNOWN_NEAR_PATH", "KNOWN_ZIPF", "MIN_LENGTH", "SpellingIndex", "known_near_digest", "known_near_words",
-    "one_edit", "read_known_near", "vocabulary_digest",
+    "load_known_near", "one_edit", "read_known_near", "vocabulary_digest",
 ]
 
 KNOWN_NEAR_PATH = Path(__file__).parent / "data" / "prompt_known_near.txt"
@@ -98,7 +98,7 @@ class SpellingIndex:
 
     def correct(self, token: str) -> str | None:
         """The one lexicon word `token` misspells, or None (a word of some language, too short,
-        a lexicon word itself, or one edit from two lexicon words)."""
+        a lexicon word itself, or one edit from two lexicon words by equally likely typos)."""
         if len(token) < MIN_LENGTH or token in self.vocabulary or token in self.known_near or not token.isalpha():
             return None
         found = self.candidates(token)
@@ -120,7 +120,8 @@ def _edit_rank(token: str, word: str) -> int:
         return 0
     if len(word) < len(token):
         at = next((index for index, (a, b) in enumerate(zip(token, word)) if a != b), len(word))
-        return 0 if token[at] == token[at - 1] or token[at] == token[at + 1: at + 2] else 3
+        doubled = (at > 0 and token[at] == token[at - 1]) or token[at] == token[at + 1:at + 2]
+        return 0 if doubled else 3
     return 2 if sum(a != b for a, b in zip(token, word)) == 1 else 1
 
 
@@ -180,14 +181,13 @@ _DIGEST_PREFIX = "# vocabulary sha256: "
 
 
 def read_known_near(path: Path = KNOWN_NEAR_PATH) -> frozenset[str]:
-    """The real words of `path` (none when it is missing: every near word is then a misspelling)."""
+    """The real words of `path`."""
     return load_known_near(path)[0]
 
 
 def load_known_near(path: Path = KNOWN_NEAR_PATH) -> tuple[frozenset[str], str]:
-    """The real words of `path` and a fingerprint of the file."""
-    if not path.exists():
-        return frozenset(), "none"
+    """The real words of `path` and a fingerprint of the file. A missing file raises: without it
+    every rare real word near a lexicon word would be read as a misspelling."""
     data = path.read_bytes()
     words = frozenset(line for line in data.decode("utf-8").splitlines() if line and line[0] != "#")
     return words, hashlib.sha256(data).hexdigest()

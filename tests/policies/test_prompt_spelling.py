@@ -203,3 +203,13 @@ def test_the_blind_misspelling_probe() -> None:
     assert caught >= 165 and caught - caught_off >= 35, (caught, caught_off)
     assert stopped(_filter(), rare) <= 8
     assert stopped(_filter(), typo) == 0
+
+
+
+def test_a_letter_added_at_the_start_doubles_nothing_before_it() -> None:
+    """"mseldom" adds an "m" to "seldom" (least likely) and changes one letter of "mseldon": the
+    change wins. (The added letter is compared with its neighbours, never with the last letter.)"""
+    index = SpellingIndex(["seldom", "mseldon"])
+    assert index.candidates("mseldom") == {"seldom", "mseldon"}
+    assert index.correct("mseldom") == "mseldon"
+    assert SpellingIndex(["seldom", "seldon"]).correct("sseldom") == "seldom"  # a doubled first letter
