@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from policies.prompt_normalise import normalise, skeleton, tokenise
-from policies.prompt_spelling import SpellingIndex, load_known_near
+from policies.prompt_spelling import SpellingIndex, lexicon_words, load_known_near
 
 __all__ = [
     "CATEGORIES",
@@ -165,10 +165,6 @@ class Lexicon:
     term_count: int = 0
     #: Misspellings of shipped lexicon words ("fertlizer"), read as the word (`prompt_spelling`).
     spelling: SpellingIndex | None = None
-
-    @property
-    def spelling_vocabulary(self) -> frozenset[str]:
-        return self.spelling.vocabulary if self.spelling is not None else frozenset()
 
     def blocked_terms(self, category: str) -> list[str]:
         """Every strong term of `category` (normalised, Latin-script tokens), for tests."""
@@ -443,7 +439,7 @@ def _spelling_index(shipped_digest: str, exact: Mapping[str, object]) -> Spellin
     """The misspelling index over the words of the shipped lexicons (never a tenant's terms)."""
     index = _SPELLING_INDEXES.get(shipped_digest)
     if index is None:
-        words = {word for key in exact for word in key.split(" ")}
         known_near, fingerprint = load_known_near()
-        index = _SPELLING_INDEXES[shipped_digest] = SpellingIndex(words, known_near, known_near_fingerprint=fingerprint)
+        index = _SPELLING_INDEXES[shipped_digest] = SpellingIndex(lexicon_words(exact), known_near,
+                                                                  known_near_fingerprint=fingerprint)
     return index

@@ -26,7 +26,7 @@ from pathlib import Path
 
 __all__ = [
     "KNOWN_NEAR_PATH", "KNOWN_ZIPF", "MIN_LENGTH", "SpellingIndex", "known_near_digest", "known_near_words",
-    "load_known_near", "one_edit", "read_known_near", "vocabulary_digest",
+    "lexicon_words", "load_known_near", "one_edit", "vocabulary_digest",
 ]
 
 KNOWN_NEAR_PATH = Path(__file__).parent / "data" / "prompt_known_near.txt"
@@ -154,10 +154,18 @@ def wordfreq_words(zipf: float = KNOWN_ZIPF) -> set[str]:
     return words
 
 
-def shipped_index(known_near: Iterable[str] = ()) -> SpellingIndex:
+def lexicon_words(entries: Iterable[str]) -> set[str]:
+    """The words of lexicon entries (normalised, space-joined n-grams): what a misspelling may
+    stand for, once `SpellingIndex` keeps those long enough."""
+    return {word for entry in entries for word in entry.split(" ")}
+
+
+def shipped_index() -> SpellingIndex:
+    """The index over the shipped lexicons' words, without the list of real words near them (what
+    writing that list starts from, so it works with the file missing or stale)."""
     from policies.prompt_lexicon import load_lexicon
 
-    return SpellingIndex(load_lexicon().spelling_vocabulary, known_near)
+    return SpellingIndex(lexicon_words(load_lexicon(misspellings=False).exact))
 
 
 def vocabulary_digest(vocabulary: Iterable[str]) -> str:
@@ -178,11 +186,6 @@ def render_known_near(words: Iterable[str], vocabulary: Iterable[str]) -> str:
 
 
 _DIGEST_PREFIX = "# vocabulary sha256: "
-
-
-def read_known_near(path: Path = KNOWN_NEAR_PATH) -> frozenset[str]:
-    """The real words of `path`."""
-    return load_known_near(path)[0]
 
 
 def load_known_near(path: Path = KNOWN_NEAR_PATH) -> tuple[frozenset[str], str]:

@@ -22,7 +22,6 @@ from policies.prompt_spelling import (
     known_near_digest,
     known_near_words,
     one_edit,
-    read_known_near,
     vocabulary_digest,
 )
 
@@ -113,16 +112,17 @@ def test_known_near_words_keeps_only_real_words_one_edit_away() -> None:
 def test_the_shipped_list_of_real_words_was_written_for_these_lexicons() -> None:
     """Regenerate with `python3 -m policies.prompt_spelling --write` (needs the dev extra wordfreq)
     after changing a lexicon: words new to the lexicons have no real neighbours listed yet."""
-    vocabulary = load_lexicon().spelling_vocabulary
-    assert vocabulary, "the shipped lexicons have a spelling vocabulary"
-    assert known_near_digest(KNOWN_NEAR_PATH) == vocabulary_digest(vocabulary), (
+    spelling = load_lexicon().spelling
+    assert spelling is not None and spelling.vocabulary, "the shipped lexicons have a spelling vocabulary"
+    assert known_near_digest(KNOWN_NEAR_PATH) == vocabulary_digest(spelling.vocabulary), (
         "policies/data/prompt_known_near.txt is stale: run `python3 -m policies.prompt_spelling --write`"
     )
 
 
 @pytest.mark.parametrize("word", ["heron", "kilted", "bralette", "sexton", "nurses", "bandage", "caber"])
 def test_the_shipped_list_protects_rare_real_words(word: str) -> None:
-    assert word in read_known_near()
+    spelling = _filter().lexicon.spelling
+    assert spelling is not None and word in spelling.known_near
     assert _filter().check_text(f"a {word} in a sunny garden, watercolour").action is Action.ALLOW
 
 
